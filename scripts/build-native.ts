@@ -1,0 +1,35 @@
+#!/usr/bin/env bun
+/**
+ * Builds the native library (core-rs/ffi) in release mode and installs it as
+ * dist/native/libbunmind-<device>.<ext>, where the loader looks for it.
+ *   bun scripts/build-native.ts          # CPU build
+ *   bun scripts/build-native.ts --cuda   # CUDA build (needs nvcc; see README)
+ */
+import { copyFileSync, mkdirSync, renameSync } from "node:fs"
+import { join, resolve } from "node:path"
+import { suffix } from "bun:ffi"
+
+const root = resolve(import.meta.dir, "..")
+const cuda = process.argv.includes("--cuda")
+const device = cuda ? "cuda" : "cpu"
+const targetDir = process.env.CARGO_TARGET_DIR ?? join(root, "core-rs", "target")
+const args = ["build", "--release", "-p", "bunmind-ffi", ...(cuda ? ["--features", "cuda"] : [])]
+if (cuda) process.env.CARGO_TARGET_DIR = join(targetDir, "cuda-build")
+console.error(`[build-native] cargo ${args.join(" ")} (${device})`)
+const proc = Bun.spawnSync(["cargo", ...args], {
+  cwd: join(root, "core-rs"),
+  stdio: ["inherit", "inherit", "inherit"],
+  env: process.env,
+})
+if (proc.exitCode !== 0) {
+  console.error(`[build-native] cargo failed with exit code ${proc.exitCode}`)
+  process.exit(proc.exitCode ?? 1)
+}
+const built = join(process.env.CARGO_TARGET_DIR ?? targetDir, "release", `libbunmind.${suffix}`)
+const outDir = join(root, "dist", "native")
+mkdirSync(outDir, { recursive: true })
+const dest = join(outDir, `libbunmind-${device}.${suffix}`)
+// Copy then rename: a running process that has the old file mapped keeps working.
+copyFileSync(built, `${dest}.tmp`)
+renameSync(`${dest}.tmp`, dest)
+console.error(`[build-native] installed ${dest}`)

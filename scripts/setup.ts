@@ -1,0 +1,38 @@
+#!/usr/bin/env bun
+/**
+ * Makes a fresh checkout ready: builds the native library (incremental; a no-op when fresh) and,
+ * with --test, installs the Python packages the tests compare against (tokenizers, transformers,
+ * numpy, safetensors) when they are missing. Called by `npm run demo` / `npm test`.
+ */
+import { resolve } from "node:path"
+
+const root = resolve(import.meta.dir, "..")
+const forTests = process.argv.includes("--test")
+
+function run(cmd: string[], what: string, cwd = root): void {
+  const p = Bun.spawnSync(cmd, { cwd, stdio: ["inherit", "inherit", "inherit"], env: process.env })
+  if (p.exitCode !== 0) {
+    console.error(`[setup] ${what} failed (${cmd.join(" ")}, exit ${p.exitCode})`)
+    process.exit(p.exitCode ?? 1)
+  }
+}
+
+if (!Bun.which("cargo")) {
+  console.error("[setup] cargo not found: installing the Rust toolchain with rustup (https://rustup.rs)")
+  run(["sh", "-c", "curl -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal"], "rustup install")
+  process.env.PATH = `${process.env.HOME}/.cargo/bin:${process.env.PATH}`
+}
+run(["bun", "scripts/build-native.ts"], "native build")
+
+if (forTests) {
+  const py = Bun.which("python3") ?? Bun.which("python")
+  if (!py) {
+    console.error("[setup] python3 not found: the parity tests need it (apt-get install python3 python3-pip)")
+    process.exit(1)
+  }
+  const probe = Bun.spawnSync([py, "-c", "import tokenizers, transformers, numpy, safetensors"])
+  if (probe.exitCode !== 0) {
+    console.error("[setup] installing Python reference packages (tokenizers, transformers, numpy, safetensors)")
+    run([py, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "tokenizers", "transformers", "numpy", "safetensors"], "pip install")
+  }
+}

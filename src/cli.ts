@@ -1,0 +1,42 @@
+#!/usr/bin/env bun
+/**
+ * bunmind's command line. `bun run bunmind <command>` in the repo, or `bunmind <command>` when
+ * installed. Every command is an Effect program; Ctrl-C interrupts it and runs its finalizers.
+ */
+import { NodeRuntime, NodeServices } from "@effect/platform-node"
+import { Cause, Effect } from "effect"
+import { Command } from "effect/cli"
+import { tokenizerCommand } from "./cli/tokenizer.ts"
+
+const pkg = await Bun.file(new URL("../package.json", import.meta.url)).json()
+
+export const root = Command.make("bunmind").pipe(
+  Command.withDescription("train and run small language models end to end (MiniMind-compatible)"),
+  Command.withSubcommands([tokenizerCommand]),
+)
+
+/** Prints a user-facing error (no stack for known errors) and sets the exit code. */
+const report = (cause: Cause.Cause<unknown>) =>
+  Effect.sync(() => {
+    if (Cause.hasInterruptsOnly(cause)) {
+      process.exitCode = 130
+      return
+    }
+    const err = Cause.squash(cause) as { _tag?: string; message?: string; stack?: string }
+    const known = err && typeof err === "object" && typeof err._tag === "string"
+    if (known && err._tag?.startsWith("Cli")) {
+      // effect/cli already rendered its parse/help error.
+    } else {
+      process.stderr.write(`error: ${known || err instanceof Error ? err.message : String(err)}\n`)
+      if (process.env.BUNMIND_DEBUG && err?.stack) process.stderr.write(`${err.stack}\n`)
+    }
+    process.exitCode = 1
+  })
+
+if (import.meta.main) {
+  Command.run(root, { version: pkg.version }).pipe(
+    Effect.catchCause(report),
+    Effect.provide(NodeServices.layer),
+    NodeRuntime.runMain({ disableErrorReporting: true }),
+  )
+}

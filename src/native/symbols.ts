@@ -1,0 +1,46 @@
+/**
+ * The C ABI of `core-rs/ffi`, as bun:ffi symbol declarations. Keep in step with the Rust exports;
+ * `ABI_VERSION` must equal `bunmind_ffi::ABI_VERSION`.
+ */
+import { FFIType } from "bun:ffi"
+
+export const ABI_VERSION = 1
+
+const { u8, u32, i32, usize, ptr } = FFIType
+
+export const symbols = {
+  bm_abi_version: { args: [], returns: u32 },
+  bm_last_error: { args: [ptr, usize], returns: usize },
+  bm_build_info: { args: [ptr, usize, ptr], returns: i32 },
+  bm_live_handles: { args: [], returns: u32 },
+  bm_debug_panic: { args: [], returns: i32 },
+
+  bm_tokenizer_load: { args: [ptr, usize, ptr], returns: i32 },
+  bm_tokenizer_from_json: { args: [ptr, usize, ptr], returns: i32 },
+  bm_tokenizer_free: { args: [u32], returns: i32 },
+  bm_tokenizer_info: { args: [u32, ptr, usize, ptr], returns: i32 },
+  bm_tokenizer_encode: { args: [u32, ptr, usize, u8, ptr, usize, ptr], returns: i32 },
+  bm_tokenizer_encode_batch: { args: [u32, ptr, usize, ptr, usize, u8, ptr, usize, ptr], returns: i32 },
+  bm_tokenizer_decode: { args: [u32, ptr, usize, u8, ptr, usize, ptr], returns: i32 },
+  bm_tokenizer_token_to_id: { args: [u32, ptr, usize, ptr], returns: i32 },
+  bm_tokenizer_id_to_token: { args: [u32, u32, ptr, usize, ptr], returns: i32 },
+  bm_tokenizer_to_json: { args: [u32, ptr, usize, ptr], returns: i32 },
+  bm_tokenizer_save: { args: [u32, ptr, usize], returns: i32 },
+  bm_tokenizer_train_start: { args: [ptr, usize, ptr], returns: i32 },
+  bm_tokenizer_train_poll: { args: [u32, ptr, usize, ptr], returns: i32 },
+  bm_tokenizer_train_finish: { args: [u32, ptr], returns: i32 },
+  bm_tokenizer_train_cancel: { args: [u32], returns: i32 },
+  bm_tokenizer_train_free: { args: [u32], returns: i32 },
+} as const
+
+export const Status = {
+  OK: 0,
+  ERROR: 1,
+  BUFFER_TOO_SMALL: 2,
+  BAD_HANDLE: 3,
+  PANIC: 4,
+  INVALID_ARGUMENT: 5,
+} as const
+
+export const statusName = (code: number): string =>
+  (Object.entries(Status).find(([, v]) => v === code)?.[0] ?? `STATUS_${code}`).toLowerCase()
