@@ -35,7 +35,8 @@ export interface NativeLib {
 }
 
 const encoder = new TextEncoder()
-const decoder = new TextDecoder("utf-8", { fatal: false })
+// ignoreBOM: a leading U+FEFF is text, not a marker to strip.
+const decoder = new TextDecoder("utf-8", { fatal: false, ignoreBOM: true })
 
 /** UTF-8 bytes of `s` plus a pointer usable for the duration of a call (never null). */
 export const utf8 = (s: string): Uint8Array => encoder.encode(s)
