@@ -1,6 +1,8 @@
 //! bunmind engine: tokenizer, model family, training, generation. Plain Rust API; the C ABI lives
 //! in the `ffi` crate and the browser build in `wasm`.
 pub mod error;
+pub mod generate;
+pub mod model;
 pub mod tokenizer;
 
 pub use error::{Error, Result};

@@ -1,0 +1,107 @@
+//! Grouped-query self-attention with RoPE and optional QK-norm (per-head RMSNorm on q and k,
+//! applied before RoPE as Qwen3/minimind-3 do).
+use candle_core::{Tensor, D};
+
+use super::dropout::ForwardCtx;
+use super::linear::Linear;
+use super::norm::RmsNorm;
+use super::rope::Rope;
+use crate::Result;
+
+#[derive(Debug, Clone)]
+pub struct Attention {
+    pub(crate) q_proj: Linear,
+    pub(crate) k_proj: Linear,
+    pub(crate) v_proj: Linear,
+    pub(crate) o_proj: Linear,
+    pub(crate) q_norm: Option<RmsNorm>,
+    pub(crate) k_norm: Option<RmsNorm>,
+    pub(crate) n_heads: usize,
+    pub(crate) n_kv_heads: usize,
+    pub(crate) head_dim: usize,
+    pub(crate) dropout: f64,
+}
+
+/// [B, KV, S, D] → [B, KV·rep, S, D]; query head h reads kv head h / rep.
+pub(crate) fn repeat_kv(x: &Tensor, rep: usize) -> Result<Tensor> {
+    if rep == 1 {
+        return Ok(x.clone());
+    }
+    let (b, kv, s, d) = x.dims4()?;
+    Ok(x.unsqueeze(2)?.broadcast_as((b, kv, rep, s, d))?.reshape((b, kv * rep, s, d))?)
+}
+
+/// Softmax over the last dim from exp/sum (differentiable; the max is a constant shift).
+pub(crate) fn softmax_train(x: &Tensor) -> Result<Tensor> {
+    let max = x.max_keepdim(D::Minus1)?.detach();
+    let e = x.broadcast_sub(&max)?.exp()?;
+    let sum = e.sum_keepdim(D::Minus1)?;
+    Ok(e.broadcast_div(&sum)?)
+}
+
+impl Attention {
+    fn norm(&self, n: &Option<RmsNorm>, x: &Tensor, train: bool) -> Result<Tensor> {
+        match n {
+            None => Ok(x.clone()),
+            Some(n) if train => n.forward_train(x),
+            Some(n) => n.forward(x),
+        }
+    }
+
+    /// x: [B, T, hidden]; cos/sin: [T, D/2]; mask: additive, broadcastable to [B, H, T, S];
+    /// kv: this layer's cache slot (inference) or None (training, no cache) → [B, T, hidden]
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        rope: &Rope,
+        cos: &Tensor,
+        sin: &Tensor,
+        mask: Option<&Tensor>,
+        kv: Option<&mut Option<(Tensor, Tensor)>>,
+        ctx: &mut ForwardCtx,
+    ) -> Result<Tensor> {
+        let train = ctx.train;
+        let (b, t, _) = x.dims3()?;
+        let (h, kvh, hd) = (self.n_heads, self.n_kv_heads, self.head_dim);
+        let q = self.q_proj.forward(x, ctx)?.reshape((b, t, h, hd))?;
+        let k = self.k_proj.forward(x, ctx)?.reshape((b, t, kvh, hd))?;
+        let v = self.v_proj.forward(x, ctx)?.reshape((b, t, kvh, hd))?;
+        let q = self.norm(&self.q_norm, &q, train)?.transpose(1, 2)?; // [B, H, T, D]
+        let k = self.norm(&self.k_norm, &k, train)?.transpose(1, 2)?; // [B, KV, T, D]
+        let v = v.transpose(1, 2)?.contiguous()?; // [B, KV, T, D]
+        let (q, k) = if train {
+            (rope.apply_train(&q, cos, sin)?, rope.apply_train(&k, cos, sin)?)
+        } else {
+            (rope.apply(&q, cos, sin)?, rope.apply(&k, cos, sin)?)
+        };
+        let (k, v) = match kv {
+            None => (k, v),
+            Some(slot) => {
+                let (k, v) = match slot.take() {
+                    None => (k, v),
+                    Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
+                };
+                *slot = Some((k.clone(), v.clone()));
+                (k, v)
+            }
+        };
+        let rep = h / kvh;
+        let k = repeat_kv(&k, rep)?; // [B, H, S, D]
+        let v = repeat_kv(&v, rep)?;
+        let scores = (q.contiguous()?.matmul(&k.t()?)? * (1.0 / (hd as f64).sqrt()))?; // [B, H, T, S]
+        let scores = match mask {
+            Some(m) => scores.broadcast_add(m)?,
+            None => scores,
+        };
+        let probs = if train {
+            let p = softmax_train(&scores)?;
+            ctx.dropout(&p, self.dropout)?
+        } else {
+            candle_nn::ops::softmax_last_dim(&scores)?
+        };
+        let y = probs.matmul(&v)?; // [B, H, T, D]
+        let y = y.transpose(1, 2)?.reshape((b, t, h * hd))?;
+        let y = self.o_proj.forward(&y, ctx)?;
+        ctx.dropout(&y, self.dropout)
+    }
+}

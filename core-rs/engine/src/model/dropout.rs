@@ -1,0 +1,60 @@
+//! Dropout for training, driven by a caller-supplied mask source so runs are reproducible.
+//! Inference never calls it; `forward_train` without a source is dropout-free (eval mode).
+use candle_core::{Device, Tensor};
+
+use super::rng::Rng;
+use crate::Result;
+
+/// Produces inverted-dropout keep masks: entries are `0` (dropped, probability `p`) or `1/(1-p)`.
+/// The trainer may implement this with its own RNG; [`SeededDropout`] is the default.
+pub trait DropoutSource {
+    fn keep_mask(&mut self, shape: &[usize], p: f64, device: &Device) -> Result<Tensor>;
+}
+
+/// Masks drawn from [`Rng`] seeded once: the same seed and call sequence give the same masks.
+#[derive(Debug, Clone)]
+pub struct SeededDropout {
+    rng: Rng,
+}
+
+impl SeededDropout {
+    pub fn new(seed: u64) -> Self {
+        SeededDropout { rng: Rng::new(seed) }
+    }
+}
+
+impl DropoutSource for SeededDropout {
+    fn keep_mask(&mut self, shape: &[usize], p: f64, device: &Device) -> Result<Tensor> {
+        let n: usize = shape.iter().product();
+        let scale = (1.0 / (1.0 - p)) as f32;
+        let p = p as f32;
+        let v: Vec<f32> = (0..n).map(|_| if self.rng.next_f32() < p { 0.0 } else { scale }).collect();
+        Ok(Tensor::from_vec(v, shape, device)?)
+    }
+}
+
+/// What one forward pass needs besides its input: training mode and the dropout source.
+pub struct ForwardCtx<'a> {
+    pub(crate) train: bool,
+    pub(crate) dropout: Option<&'a mut dyn DropoutSource>,
+}
+
+impl<'a> ForwardCtx<'a> {
+    pub(crate) fn inference() -> Self {
+        ForwardCtx { train: false, dropout: None }
+    }
+    pub(crate) fn train(dropout: Option<&'a mut dyn DropoutSource>) -> Self {
+        ForwardCtx { train: true, dropout }
+    }
+
+    /// `x · mask` when training with a source and `p > 0`; otherwise `x` unchanged.
+    pub(crate) fn dropout(&mut self, x: &Tensor, p: f64) -> Result<Tensor> {
+        match (&mut self.dropout, self.train && p > 0.0) {
+            (Some(src), true) => {
+                let mask = src.keep_mask(x.dims(), p, x.device())?;
+                Ok(x.mul(&mask)?)
+            }
+            _ => Ok(x.clone()),
+        }
+    }
+}
