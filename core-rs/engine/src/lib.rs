@@ -2,5 +2,6 @@
 //! in the `ffi` crate and the browser build in `wasm`.
 pub mod error;
 pub mod tokenizer;
+pub mod train;
 
 pub use error::{Error, Result};
