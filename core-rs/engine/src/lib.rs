@@ -4,5 +4,6 @@ pub mod error;
 pub mod generate;
 pub mod model;
 pub mod tokenizer;
+pub mod train;
 
 pub use error::{Error, Result};

@@ -1,0 +1,94 @@
+//! Model-agnostic training building blocks on candle `Var`s, grad stores and logits.
+//!
+//! A trainer composes them per optimizer step:
+//! ```text
+//! for each micro-batch:   logits = model.forward(batch)                    (model crate)
+//!                         loss   = masked_cross_entropy_sum(...) [+ aux]   (loss)
+//!                         grads  = loss.backward(); accum.add(&grads)      (accum)
+//! grads = accum.finish(1 / Σ tokens)                                       (accum)
+//! norm  = clip_grad_norm(&mut grads, &vars, 1.0)                           (clip)
+//! opt.step(&grads, schedule.lr_at(step))                                   (optim, schedule)
+//! every N steps: save_checkpoint(dir, parts)  (weights, opt.export_state(), rng.state(), ...)
+//! ```
+//! [`train_step`] does the middle part for a closure that maps one micro-batch to a [`MicroLoss`].
+//! Everything runs on the device of the tensors it is given; nothing here picks a device.
+//! New ops in a model should pass [`gradcheck::check_gradients`] before they are trained.
+pub mod accum;
+pub mod checkpoint;
+pub mod clip;
+pub mod gradcheck;
+pub mod loss;
+pub mod optim;
+pub mod rng;
+pub mod schedule;
+
+pub use accum::GradAccumulator;
+pub use checkpoint::{atomic_write, load_checkpoint, save_checkpoint, CheckpointParts, LoadedCheckpoint};
+pub use clip::{clip_grad_norm, global_grad_norm, scale_grads};
+pub use gradcheck::{check_gradients, GradCheckConfig, GradCheckReport, VarReport, VarStatus};
+pub use loss::{
+    distill_loss, dpo_loss, log_softmax_last, masked_cross_entropy, masked_cross_entropy_sum, sequence_logprobs,
+    token_logprobs, DistillLoss, DpoMetrics, MaskedLossSum,
+};
+pub use optim::{default_decay, params_from_varmap, AdamW, AdamWConfig, Param, StepStats};
+pub use rng::{Rng, RngState};
+pub use schedule::{cosine_lr, CosineSchedule};
+
+use candle_core::Tensor;
+
+use crate::Result;
+
+/// One micro-batch's contribution: `loss` is backpropagated as-is; the accumulated gradient is
+/// divided by the sum of `weight`s over the step.
+/// - token-mean over the whole step (exact "one big batch"): `loss = ce_sum`, `weight = count`;
+/// - upstream MiniMind (mean of per-micro-batch means): `loss = ce_mean + aux`, `weight = 1`.
+#[derive(Debug, Clone)]
+pub struct MicroLoss {
+    pub loss: Tensor,
+    pub weight: f64,
+}
+
+/// What [`train_step`] did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct StepReport {
+    /// Σ loss / Σ weight over the micro-batches.
+    pub loss: f64,
+    pub weight: f64,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f64,
+    pub lr: f64,
+    pub micro_batches: usize,
+    /// False when the gradient norm was not finite: the optimizer step was skipped.
+    pub applied: bool,
+    pub stats: StepStats,
+}
+
+/// Forward/backward every micro-batch, accumulate, normalise by Σ weight, clip to
+/// `max_grad_norm` (if any), and apply one AdamW step at `lr`.
+pub fn train_step<B, I, F>(opt: &mut AdamW, micro_batches: I, lr: f64, max_grad_norm: Option<f64>, mut loss_fn: F) -> Result<StepReport>
+where
+    I: IntoIterator<Item = B>,
+    F: FnMut(B) -> Result<MicroLoss>,
+{
+    let vars = opt.vars();
+    let mut accum = GradAccumulator::new(vars.clone());
+    let (mut loss_sum, mut weight) = (0.0f64, 0.0f64);
+    for batch in micro_batches {
+        let MicroLoss { loss, weight: w } = loss_fn(batch)?;
+        loss_sum += loss.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
+        weight += w;
+        accum.add(&loss.backward()?)?;
+    }
+    let micro_batches = accum.micro_steps();
+    if micro_batches == 0 || weight <= 0.0 {
+        return Err(crate::Error::input("train_step: no micro-batch, or total weight is 0 (nothing to learn from)"));
+    }
+    let mut grads = accum.finish(1.0 / weight)?;
+    let grad_norm = match max_grad_norm {
+        Some(max) => clip_grad_norm(&mut grads, &vars, max)?,
+        None => global_grad_norm(&grads, &vars)?,
+    };
+    let applied = grad_norm.is_finite();
+    let stats = if applied { opt.step(&grads, lr)? } else { StepStats::default() };
+    Ok(StepReport { loss: loss_sum / weight, weight, grad_norm, lr, micro_batches, applied, stats })
+}

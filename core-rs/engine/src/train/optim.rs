@@ -1,0 +1,272 @@
+//! AdamW with per-parameter weight-decay flags and exportable state (candle-nn's has neither).
+//!
+//! The update is PyTorch's `torch.optim.AdamW` (non-amsgrad, non-fused), per parameter with its
+//! own step count `t` (a parameter only counts steps in which it had a gradient):
+//! ```text
+//! p ← p · (1 − lr·wd)                       (decoupled decay; only when `decay`)
+//! m ← β1·m + (1 − β1)·g
+//! v ← β2·v + (1 − β2)·g²
+//! p ← p − (lr / (1 − β1^t)) · m / (√v / √(1 − β2^t) + ε)
+//! ```
+//! Defaults are PyTorch's (and thus MiniMind's, which calls `optim.AdamW(params, lr)`):
+//! β = (0.9, 0.999), ε = 1e-8, wd = 0.01. The moments are kept in f32 whatever the param dtype.
+use std::collections::HashMap;
+
+use candle_core::{backprop::GradStore, DType, Tensor, Var};
+use candle_nn::VarMap;
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, Result};
+
+/// Version tag written into the optimizer metadata.
+pub const ADAMW_STATE_FORMAT: &str = "bunmind.adamw.v1";
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct AdamWConfig {
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    pub weight_decay: f64,
+}
+
+impl Default for AdamWConfig {
+    fn default() -> Self {
+        AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.01 }
+    }
+}
+
+/// One trainable tensor: its checkpoint name, its `Var`, and whether weight decay applies.
+#[derive(Debug, Clone)]
+pub struct Param {
+    pub name: String,
+    pub var: Var,
+    pub decay: bool,
+}
+
+impl Param {
+    /// `decay` from [`default_decay`].
+    pub fn new(name: impl Into<String>, var: Var) -> Self {
+        let name = name.into();
+        let decay = default_decay(&name, var.rank());
+        Param { name, var, decay }
+    }
+
+    pub fn with_decay(name: impl Into<String>, var: Var, decay: bool) -> Self {
+        Param { name: name.into(), var, decay }
+    }
+}
+
+/// The usual rule: no weight decay on norms, biases and other 1-D tensors (gains, scalars).
+pub fn default_decay(name: &str, rank: usize) -> bool {
+    !(name.contains("norm") || name.ends_with(".bias") || rank <= 1)
+}
+
+/// All vars of a `VarMap` as params, sorted by name (deterministic order), decay by [`default_decay`].
+pub fn params_from_varmap(varmap: &VarMap) -> Vec<Param> {
+    let data = varmap.data().lock().expect("VarMap mutex poisoned");
+    let mut params: Vec<Param> = data.iter().map(|(n, v)| Param::new(n.clone(), v.clone())).collect();
+    params.sort_by(|a, b| a.name.cmp(&b.name));
+    params
+}
+
+#[derive(Debug, Clone, Default)]
+struct Moments {
+    step: u64,
+    m: Option<Tensor>,
+    v: Option<Tensor>,
+}
+
+/// What one [`AdamW::step`] did.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct StepStats {
+    pub updated: usize,
+    /// Params with no gradient in the store: left untouched (no decay, no moment update).
+    pub skipped_no_grad: usize,
+    pub skipped_names: Vec<String>,
+}
+
+pub struct AdamW {
+    config: AdamWConfig,
+    params: Vec<Param>,
+    state: Vec<Moments>,
+    steps: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct ParamMeta {
+    name: String,
+    shape: Vec<usize>,
+    step: u64,
+    decay: bool,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StateMeta {
+    format: String,
+    steps: u64,
+    config: AdamWConfig,
+    params: Vec<ParamMeta>,
+}
+
+impl AdamW {
+    pub fn new(params: Vec<Param>, config: AdamWConfig) -> Result<Self> {
+        let mut seen = std::collections::HashSet::new();
+        for p in &params {
+            if !seen.insert(p.name.as_str()) {
+                return Err(Error::tensor(&p.name, "parameter listed twice in the optimizer"));
+            }
+            if !p.var.dtype().is_float() {
+                return Err(Error::tensor(&p.name, format!("cannot optimise a {:?} tensor", p.var.dtype())));
+            }
+        }
+        for (field, ok) in [
+            ("beta1", (0.0..1.0).contains(&config.beta1)),
+            ("beta2", (0.0..1.0).contains(&config.beta2)),
+            ("eps", config.eps >= 0.0),
+            ("weight_decay", config.weight_decay >= 0.0),
+        ] {
+            if !ok {
+                return Err(Error::config(field, "out of range (betas in [0, 1), eps and weight_decay ≥ 0)"));
+            }
+        }
+        let state = vec![Moments::default(); params.len()];
+        Ok(AdamW { config, params, state, steps: 0 })
+    }
+
+    pub fn from_varmap(varmap: &VarMap, config: AdamWConfig) -> Result<Self> {
+        Self::new(params_from_varmap(varmap), config)
+    }
+
+    pub fn config(&self) -> &AdamWConfig {
+        &self.config
+    }
+
+    pub fn set_config(&mut self, config: AdamWConfig) {
+        self.config = config;
+    }
+
+    pub fn params(&self) -> &[Param] {
+        &self.params
+    }
+
+    pub fn vars(&self) -> Vec<Var> {
+        self.params.iter().map(|p| p.var.clone()).collect()
+    }
+
+    /// Number of `step` calls so far (restored by `load_state`).
+    pub fn steps(&self) -> u64 {
+        self.steps
+    }
+
+    /// One AdamW update with learning rate `lr` (the caller's schedule sets it each step).
+    pub fn step(&mut self, grads: &GradStore, lr: f64) -> Result<StepStats> {
+        let AdamWConfig { beta1, beta2, eps, weight_decay } = self.config;
+        let mut stats = StepStats::default();
+        for (p, st) in self.params.iter().zip(self.state.iter_mut()) {
+            let Some(g) = grads.get(p.var.as_tensor()) else {
+                stats.skipped_no_grad += 1;
+                stats.skipped_names.push(p.name.clone());
+                continue;
+            };
+            if g.shape() != p.var.shape() {
+                return Err(Error::tensor(&p.name, format!("gradient shape {:?} != parameter shape {:?}", g.shape(), p.var.shape())));
+            }
+            let g = g.detach().to_dtype(DType::F32)?;
+            let mut w = p.var.as_tensor().detach().to_dtype(DType::F32)?;
+            if p.decay && weight_decay != 0.0 {
+                w = w.affine(1.0 - lr * weight_decay, 0.0)?;
+            }
+            let m = match st.m.take() {
+                Some(m) => (m.affine(beta1, 0.0)? + g.affine(1.0 - beta1, 0.0)?)?,
+                None => g.affine(1.0 - beta1, 0.0)?,
+            };
+            let v = match st.v.take() {
+                Some(v) => (v.affine(beta2, 0.0)? + g.sqr()?.affine(1.0 - beta2, 0.0)?)?,
+                None => g.sqr()?.affine(1.0 - beta2, 0.0)?,
+            };
+            st.step += 1;
+            let t = st.step as i32;
+            let bc1 = 1.0 - beta1.powi(t);
+            let bc2 = 1.0 - beta2.powi(t);
+            let denom = v.sqrt()?.affine(1.0 / bc2.sqrt(), eps)?;
+            let update = (m.div(&denom)?).affine(lr / bc1, 0.0)?;
+            w = (w - update)?;
+            p.var.set(&w.to_dtype(p.var.dtype())?)?;
+            st.m = Some(m);
+            st.v = Some(v);
+            stats.updated += 1;
+        }
+        self.steps += 1;
+        Ok(stats)
+    }
+
+    /// State as tensors (`<name>.exp_avg`, `<name>.exp_avg_sq`, f32) plus JSON metadata (format,
+    /// step counts, config, names and shapes), ready for safetensors + JSON.
+    pub fn export_state(&self) -> Result<(HashMap<String, Tensor>, serde_json::Value)> {
+        let mut tensors = HashMap::new();
+        let mut params = Vec::with_capacity(self.params.len());
+        for (p, st) in self.params.iter().zip(&self.state) {
+            if let (Some(m), Some(v)) = (&st.m, &st.v) {
+                tensors.insert(format!("{}.exp_avg", p.name), m.clone());
+                tensors.insert(format!("{}.exp_avg_sq", p.name), v.clone());
+            }
+            params.push(ParamMeta { name: p.name.clone(), shape: p.var.dims().to_vec(), step: st.step, decay: p.decay });
+        }
+        let meta = StateMeta { format: ADAMW_STATE_FORMAT.into(), steps: self.steps, config: self.config, params };
+        Ok((tensors, serde_json::to_value(meta)?))
+    }
+
+    /// Restores moments and step counts saved by [`AdamW::export_state`]. The names in the state must
+    /// be exactly this optimizer's params and every shape must match; errors name the offending
+    /// parameter. Hyperparameters (config, decay flags) stay as this optimizer was built; the saved
+    /// ones are informational. Nothing changes when an error is returned.
+    pub fn load_state(&mut self, tensors: &HashMap<String, Tensor>, meta: &serde_json::Value) -> Result<()> {
+        let meta: StateMeta = serde_json::from_value(meta.clone())
+            .map_err(|e| Error::config("optimizer", format!("bad optimizer metadata: {e}")))?;
+        if meta.format != ADAMW_STATE_FORMAT {
+            return Err(Error::config("optimizer.format", format!("expected `{ADAMW_STATE_FORMAT}`, got `{}`", meta.format)));
+        }
+        let by_name: HashMap<&str, &ParamMeta> = meta.params.iter().map(|p| (p.name.as_str(), p)).collect();
+        for pm in &meta.params {
+            if !self.params.iter().any(|p| p.name == pm.name) {
+                return Err(Error::tensor(&pm.name, "in the saved optimizer state but not a parameter of this model"));
+            }
+        }
+        let mut restored = Vec::with_capacity(self.params.len());
+        for p in &self.params {
+            let pm = by_name
+                .get(p.name.as_str())
+                .ok_or_else(|| Error::tensor(&p.name, "parameter has no entry in the saved optimizer state"))?;
+            if pm.shape != p.var.dims() {
+                return Err(Error::tensor(&p.name, format!("saved optimizer shape {:?} != parameter shape {:?}", pm.shape, p.var.dims())));
+            }
+            let fetch = |suffix: &str| -> Result<Option<Tensor>> {
+                let key = format!("{}.{suffix}", p.name);
+                match tensors.get(&key) {
+                    None => Ok(None),
+                    Some(t) if t.dims() != p.var.dims() => Err(Error::tensor(
+                        &key,
+                        format!("shape {:?} != parameter shape {:?}", t.dims(), p.var.dims()),
+                    )),
+                    Some(t) => Ok(Some(t.to_device(p.var.device())?.to_dtype(DType::F32)?)),
+                }
+            };
+            let (m, v) = (fetch("exp_avg")?, fetch("exp_avg_sq")?);
+            match (&m, &v, pm.step) {
+                (Some(_), Some(_), s) if s > 0 => {}
+                (None, None, 0) => {}
+                _ => {
+                    return Err(Error::tensor(
+                        &p.name,
+                        format!("optimizer state inconsistent: step {} but exp_avg {} / exp_avg_sq {}", pm.step,
+                            if m.is_some() { "present" } else { "missing" }, if v.is_some() { "present" } else { "missing" }),
+                    ))
+                }
+            }
+            restored.push(Moments { step: pm.step, m, v });
+        }
+        self.state = restored;
+        self.steps = meta.steps;
+        Ok(())
+    }
+}
