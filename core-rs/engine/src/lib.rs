@@ -5,5 +5,6 @@ pub mod generate;
 pub mod model;
 pub mod tokenizer;
 pub mod train;
+pub mod trainer;
 
 pub use error::{Error, Result};

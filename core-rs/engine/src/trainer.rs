@@ -1,0 +1,348 @@
+//! The trainer: one object that owns a model being trained (all weights, or LoRA adapters only),
+//! its AdamW state, its RNG, and the frozen models some objectives need (DPO reference,
+//! distillation teacher). The caller (the TS stage loop) owns the schedule, the sampler and the
+//! checkpoint cadence; each `step` here is one optimizer step over a list of micro-batches.
+//!
+//! Objectives:
+//! - `lm`: masked next-token cross-entropy (+ MoE aux loss), token-mean over the whole step;
+//! - `dpo`: each micro-batch holds chosen rows then rejected rows; loss on summed masked
+//!   log-probs against a frozen reference model (β);
+//! - `distill`: α·CE + (1−α)·T²·KL(teacher ‖ student) on masked positions.
+use std::collections::HashMap;
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor};
+use serde::{Deserialize, Serialize};
+
+use crate::model::{DropoutSource, LoraAdapters, LoraConfig, Model};
+use crate::train::{
+    self, distill_loss, dpo_loss, masked_cross_entropy_sum, sequence_logprobs, AdamW, AdamWConfig, MicroLoss, Param, Rng,
+    RngState,
+};
+use crate::{Error, Result};
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Objective {
+    Lm,
+    Dpo { beta: f64 },
+    Distill { alpha: f64, temperature: f64 },
+}
+
+impl Default for Objective {
+    fn default() -> Self {
+        Objective::Lm
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainerConfig {
+    pub objective: Objective,
+    pub weight_decay: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    /// Global-norm clipping threshold; `None` disables clipping.
+    pub grad_clip: Option<f64>,
+    pub seed: u64,
+    /// Train LoRA adapters only (the base weights stay frozen).
+    pub lora: Option<LoraConfig>,
+}
+
+impl Default for TrainerConfig {
+    fn default() -> Self {
+        // MiniMind trains with torch.optim.AdamW defaults and clips at 1.0.
+        TrainerConfig {
+            objective: Objective::Lm,
+            weight_decay: 0.01,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            grad_clip: Some(1.0),
+            seed: 42,
+            lora: None,
+        }
+    }
+}
+
+/// One micro-batch on the host: row-major `[b, t]` inputs, targets and loss mask.
+#[derive(Debug, Clone)]
+pub struct Batch {
+    pub ids: Vec<u32>,
+    pub targets: Vec<u32>,
+    pub mask: Vec<f32>,
+    pub b: usize,
+    pub t: usize,
+}
+
+impl Batch {
+    fn check(&self) -> Result<()> {
+        let n = self.b * self.t;
+        if self.b == 0 || self.t == 0 {
+            return Err(Error::input("batch: b and t must be positive"));
+        }
+        for (name, len) in [("ids", self.ids.len()), ("targets", self.targets.len()), ("mask", self.mask.len())] {
+            if len != n {
+                return Err(Error::input(format!("batch: `{name}` has {len} values, expected b·t = {}·{} = {n}", self.b, self.t)));
+            }
+        }
+        Ok(())
+    }
+
+    fn tensors(&self, dev: &Device) -> Result<(Tensor, Tensor, Tensor)> {
+        self.check()?;
+        let shape = (self.b, self.t);
+        Ok((
+            Tensor::from_slice(&self.ids, shape, dev)?,
+            Tensor::from_slice(&self.targets, shape, dev)?,
+            Tensor::from_slice(&self.mask, shape, dev)?,
+        ))
+    }
+
+    /// Number of counted target tokens.
+    pub fn tokens(&self) -> f64 {
+        self.mask.iter().filter(|&&m| m > 0.0).count() as f64
+    }
+}
+
+/// What one step did (serialised to the caller as JSON).
+#[derive(Debug, Clone, Serialize)]
+pub struct StepResult {
+    pub step: u64,
+    pub loss: f64,
+    pub grad_norm: f64,
+    pub lr: f64,
+    pub tokens: f64,
+    pub applied: bool,
+    pub aux_loss: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dpo: Option<train::DpoMetrics>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kl: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ce: Option<f64>,
+}
+
+/// Dropout masks from the trainer's own RNG, so they are part of the resumable state.
+struct RngDropout<'a>(&'a mut Rng);
+
+impl DropoutSource for RngDropout<'_> {
+    fn keep_mask(&mut self, shape: &[usize], p: f64, device: &Device) -> Result<Tensor> {
+        self.0.bernoulli_mask(shape, (1.0 - p) as f32, device)
+    }
+}
+
+pub struct Trainer {
+    pub model: Model,
+    pub adapters: Option<LoraAdapters>,
+    reference: Option<Model>,
+    teacher: Option<Model>,
+    opt: AdamW,
+    rng: Rng,
+    step: u64,
+    cfg: TrainerConfig,
+}
+
+impl Trainer {
+    /// `reference` is required for DPO (a frozen copy of the starting policy), `teacher` for
+    /// distillation.
+    pub fn new(mut model: Model, cfg: TrainerConfig, reference: Option<Model>, teacher: Option<Model>) -> Result<Trainer> {
+        match (&cfg.objective, &reference, &teacher) {
+            (Objective::Dpo { .. }, None, _) => return Err(Error::config("objective", "dpo needs a frozen reference model")),
+            (Objective::Distill { .. }, _, None) => return Err(Error::config("objective", "distill needs a teacher model")),
+            (Objective::Dpo { beta }, _, _) if !(*beta > 0.0) => return Err(Error::config("objective.beta", "must be > 0")),
+            (Objective::Distill { alpha, temperature }, _, _) if !(0.0..=1.0).contains(alpha) || !(*temperature > 0.0) => {
+                return Err(Error::config("objective", "distill needs 0 ≤ alpha ≤ 1 and temperature > 0"))
+            }
+            _ => {}
+        }
+        let opt_cfg = AdamWConfig { beta1: cfg.beta1, beta2: cfg.beta2, eps: cfg.eps, weight_decay: cfg.weight_decay };
+        let (adapters, params) = match &cfg.lora {
+            Some(lc) => {
+                let adapters = LoraAdapters::new(&model, lc.clone(), cfg.seed)?;
+                model.attach_lora(&adapters)?;
+                let params = adapters
+                    .named_parameters()
+                    .into_iter()
+                    .map(|p| Param::with_decay(p.name, p.var, p.weight_decay))
+                    .collect();
+                (Some(adapters), params)
+            }
+            None => {
+                let params = model.named_parameters().into_iter().map(|p| Param::with_decay(p.name, p.var, p.weight_decay)).collect();
+                (None, params)
+            }
+        };
+        let opt = AdamW::new(params, opt_cfg)?;
+        let rng = Rng::new(cfg.seed);
+        Ok(Trainer { model, adapters, reference, teacher, opt, rng, step: 0, cfg })
+    }
+
+    pub fn config(&self) -> &TrainerConfig {
+        &self.cfg
+    }
+
+    pub fn step_count(&self) -> u64 {
+        self.step
+    }
+
+    pub fn trainable_parameters(&self) -> usize {
+        self.opt.params().iter().map(|p| p.var.as_tensor().elem_count()).sum()
+    }
+
+    /// One optimizer step over `micro` batches at learning rate `lr`.
+    pub fn step(&mut self, micro: &[Batch], lr: f64) -> Result<StepResult> {
+        if micro.is_empty() {
+            return Err(Error::input("step: no micro-batches"));
+        }
+        let dev = self.model.device().clone();
+        let total_tokens: f64 = micro.iter().map(|b| b.tokens()).sum();
+        let mut aux_total = 0.0;
+        let mut dpo_metrics: Option<train::DpoMetrics> = None;
+        let mut kl_ce: Option<(f64, f64)> = None;
+        let objective = self.cfg.objective.clone();
+        let dropout_p = self.model.config().dropout;
+        let n_micro = micro.len() as f64;
+        let Trainer { model, reference, teacher, opt, rng, .. } = self;
+        let report = train::train_step(opt, micro.iter(), lr, self.cfg.grad_clip, |batch: &Batch| {
+            let (ids, targets, mask) = batch.tensors(&dev)?;
+            let mut drop = RngDropout(rng);
+            let src: Option<&mut dyn DropoutSource> = if dropout_p > 0.0 { Some(&mut drop) } else { None };
+            match &objective {
+                Objective::Lm => {
+                    let (logits, aux) = model.forward_train_with(&ids, src)?;
+                    let ce = masked_cross_entropy_sum(&logits, &targets, &mask)?;
+                    // Token-mean over the whole step: Σ ce / Σ tokens; the aux loss (already
+                    // scaled by its coefficient) is weighted so that it averages over micro-batches.
+                    let aux_w = (aux.clone() * (total_tokens / n_micro))?;
+                    aux_total += aux.to_dtype(DType::F64)?.to_scalar::<f64>()? / n_micro;
+                    Ok(MicroLoss { loss: (ce.sum + aux_w)?, weight: ce.count as f64 })
+                }
+                Objective::Dpo { beta } => {
+                    if batch.b % 2 != 0 {
+                        return Err(Error::input("dpo batch: rows must be chosen rows followed by as many rejected rows"));
+                    }
+                    let half = batch.b / 2;
+                    let (logits, _) = model.forward_train_with(&ids, src)?;
+                    let lp = sequence_logprobs(&logits, &targets, &mask)?;
+                    let r = reference.as_ref().expect("checked in new");
+                    let (ref_logits, _) = r.forward_train(&ids)?;
+                    let rlp = sequence_logprobs(&ref_logits.detach(), &targets, &mask)?.detach();
+                    let (loss, m) = dpo_loss(&lp.narrow(0, 0, half)?, &lp.narrow(0, half, half)?, &rlp.narrow(0, 0, half)?, &rlp.narrow(0, half, half)?, *beta)?;
+                    dpo_metrics = Some(m);
+                    Ok(MicroLoss { loss, weight: 1.0 })
+                }
+                Objective::Distill { alpha, temperature } => {
+                    let (logits, _) = model.forward_train_with(&ids, src)?;
+                    let t = teacher.as_ref().expect("checked in new");
+                    let (tl, _) = t.forward_train(&ids)?;
+                    let d = distill_loss(&logits, &tl.detach(), &targets, &mask, *alpha, *temperature)?;
+                    let kl = d.kl.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+                    let ce = d.ce.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+                    kl_ce = Some((kl, ce));
+                    Ok(MicroLoss { loss: d.loss, weight: 1.0 })
+                }
+            }
+        })?;
+        self.step += 1;
+        let (kl, ce) = match kl_ce {
+            Some((k, c)) => (Some(k), Some(c)),
+            None => (None, None),
+        };
+        Ok(StepResult {
+            step: self.step,
+            loss: report.loss,
+            grad_norm: report.grad_norm,
+            lr,
+            tokens: total_tokens,
+            applied: report.applied,
+            aux_loss: aux_total,
+            dpo: dpo_metrics,
+            kl,
+            ce,
+        })
+    }
+
+    /// Masked cross-entropy (sum, count) without gradients or dropout, for held-out evaluation.
+    pub fn eval_lm(&self, batch: &Batch) -> Result<(f64, f64)> {
+        eval_lm(&self.model, batch)
+    }
+
+    /// Weights as they should be published: merged base weights when training LoRA.
+    pub fn export_weights(&self) -> Result<HashMap<String, Tensor>> {
+        Ok(self.model.state_dict())
+    }
+
+    /// Writes a resumable checkpoint: model weights (or LoRA adapters), optimizer state, RNG and
+    /// step, plus the caller's `extra` JSON (sampler position, epoch, ...). Atomic.
+    pub fn save_checkpoint(&self, dir: &Path, extra: serde_json::Value) -> Result<()> {
+        let (optimizer, optimizer_meta) = self.opt.export_state()?;
+        let weights = match &self.adapters {
+            Some(a) => a
+                .named_parameters()
+                .into_iter()
+                .map(|p| (p.name, p.var.as_tensor().clone()))
+                .collect(),
+            None => self.model.state_dict(),
+        };
+        let state = serde_json::json!({
+            "format": "bunmind.trainer.v1",
+            "step": self.step,
+            "rng": self.rng.state(),
+            "objective": self.cfg.objective,
+            "lora": self.cfg.lora.as_ref().map(|l| serde_json::to_value(l).unwrap_or_default()),
+            "extra": extra,
+        });
+        train::save_checkpoint(
+            dir,
+            &train::CheckpointParts {
+                weights,
+                config_json: self.model.config().to_json_string()?,
+                optimizer,
+                optimizer_meta,
+                trainer_state: state,
+            },
+        )
+    }
+
+    /// Restores a checkpoint written by `save_checkpoint` into this trainer; returns `extra`.
+    pub fn load_checkpoint(&mut self, dir: &Path) -> Result<serde_json::Value> {
+        let ck = train::load_checkpoint(dir, self.model.device())?;
+        let state = &ck.trainer_state;
+        if state.get("format").and_then(|f| f.as_str()) != Some("bunmind.trainer.v1") {
+            return Err(Error::input(format!("checkpoint {}: trainer_state.json is not a bunmind trainer state", dir.display())));
+        }
+        // Restore trainable tensors by name.
+        let targets: Vec<(String, candle_core::Var)> = self.opt.params().iter().map(|p| (p.name.clone(), p.var.clone())).collect();
+        let trainable: std::collections::HashSet<&str> = targets.iter().map(|(n, _)| n.as_str()).collect();
+        for (name, var) in &targets {
+            let t = ck.weights.get(name).ok_or_else(|| Error::tensor(name, format!("missing from checkpoint {}", dir.display())))?;
+            if t.dims() != var.dims() {
+                return Err(Error::tensor(name, format!("checkpoint shape {:?} does not match {:?}", t.dims(), var.dims())));
+            }
+            var.set(&t.to_dtype(var.dtype())?)?;
+        }
+        if self.adapters.is_none() {
+            // Non-trainable tensors of a full checkpoint (none today) must still match.
+            for name in ck.weights.keys() {
+                if !trainable.contains(name.as_str()) && name != "lm_head.weight" {
+                    return Err(Error::tensor(name, "in the checkpoint but not a parameter of this model"));
+                }
+            }
+        }
+        self.opt.load_state(&ck.optimizer, &ck.optimizer_meta)?;
+        let rng: RngState = serde_json::from_value(state["rng"].clone()).map_err(|e| Error::input(format!("trainer_state.json rng: {e}")))?;
+        self.rng = Rng::from_state(rng)?;
+        self.step = state["step"].as_u64().ok_or_else(|| Error::input("trainer_state.json: missing step"))?;
+        Ok(state.get("extra").cloned().unwrap_or(serde_json::Value::Null))
+    }
+}
+
+/// Masked cross-entropy (sum, count) of `model` on `batch`, inference mode.
+pub fn eval_lm(model: &Model, batch: &Batch) -> Result<(f64, f64)> {
+    let (ids, targets, mask) = batch.tensors(model.device())?;
+    let (logits, _) = model.forward_train(&ids)?;
+    let ce = masked_cross_entropy_sum(&logits.detach(), &targets, &mask)?;
+    Ok((ce.sum.to_dtype(DType::F64)?.to_scalar::<f64>()?, ce.count as f64))
+}
