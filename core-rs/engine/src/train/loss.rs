@@ -178,7 +178,7 @@ pub fn distill_loss(
             student_logits.shape()
         )));
     }
-    if !(temperature > 0.0) {
+    if temperature.is_nan() || temperature <= 0.0 {
         return Err(Error::input(format!("distill_loss: temperature must be > 0, got {temperature}")));
     }
     let MaskedLossSum { sum, count } = masked_cross_entropy_sum(student_logits, targets, mask)?;
