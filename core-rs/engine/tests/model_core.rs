@@ -283,3 +283,28 @@ fn load_errors_name_the_tensor_or_field() {
     let err = Model::load_dir("/nonexistent-bunmind", &dev).unwrap_err().to_string();
     assert!(err.contains("/nonexistent-bunmind/config.json"), "{err}");
 }
+
+#[test]
+fn real_presets_build_and_agree() {
+    for name in ["minimind2-small", "minimind-v1"] {
+        let c = ModelConfig::preset(name).unwrap();
+        let m = Model::new(&c, 42, &Device::Cpu).unwrap();
+        assert_eq!(m.num_parameters(), bunmind_engine::model::count_parameters(&c));
+        let x = ids(&[&[1, 300, 6399, 2, 45]]);
+        let (train, _) = m.forward_train(&x).unwrap();
+        assert_eq!(train.dims(), &[1, 5, 6400]);
+        let inf = m.forward_all(&x, 0, &mut m.new_cache()).unwrap();
+        assert!(max_diff(&train, &inf) <= 1e-4, "{name}");
+    }
+}
+
+#[test]
+fn model_and_sessions_are_thread_safe() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    fn assert_send<T: Send>() {}
+    assert_send_sync::<Model>();
+    assert_send_sync::<bunmind_engine::model::LoraAdapters>();
+    assert_send::<bunmind_engine::generate::GenerationSession>();
+    assert_send::<bunmind_engine::generate::BatchGenerationSession>();
+    assert_send::<bunmind_engine::model::Cache>();
+}
