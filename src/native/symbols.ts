@@ -6,7 +6,7 @@ import { FFIType } from "bun:ffi"
 
 export const ABI_VERSION = 1
 
-const { u8, u32, i32, usize, ptr } = FFIType
+const { u8, u32, i32, u64, f64, usize, ptr } = FFIType
 
 export const symbols = {
   bm_abi_version: { args: [], returns: u32 },
@@ -31,6 +31,33 @@ export const symbols = {
   bm_tokenizer_train_finish: { args: [u32, ptr], returns: i32 },
   bm_tokenizer_train_cancel: { args: [u32], returns: i32 },
   bm_tokenizer_train_free: { args: [u32], returns: i32 },
+
+  bm_model_init: { args: [ptr, usize, u64, ptr], returns: i32 },
+  bm_model_load: { args: [ptr, usize, ptr], returns: i32 },
+  bm_model_free: { args: [u32], returns: i32 },
+  bm_model_save: { args: [u32, ptr, usize, u8], returns: i32 },
+  bm_model_info: { args: [u32, ptr, usize, ptr], returns: i32 },
+  bm_model_forward: { args: [u32, ptr, usize, usize, u8, ptr, usize], returns: i32 },
+  bm_model_loss: { args: [u32, ptr, ptr, ptr, usize, usize, ptr], returns: i32 },
+  bm_model_load_lora: { args: [u32, ptr, usize, u8], returns: i32 },
+
+  bm_session_new: { args: [u32, ptr, usize, ptr, usize, ptr], returns: i32 },
+  bm_session_next: { args: [u32, ptr, ptr], returns: i32 },
+  bm_session_info: { args: [u32, ptr, usize, ptr], returns: i32 },
+  bm_session_free: { args: [u32], returns: i32 },
+  bm_batch_session_new: { args: [u32, ptr, ptr, usize, ptr, usize, ptr], returns: i32 },
+  bm_batch_session_next: { args: [u32, ptr, usize, ptr], returns: i32 },
+  bm_batch_session_free: { args: [u32], returns: i32 },
+
+  bm_trainer_new: { args: [u32, ptr, usize, u32, u32, ptr], returns: i32 },
+  bm_trainer_free: { args: [u32], returns: i32 },
+  bm_trainer_step: { args: [u32, ptr, ptr, ptr, usize, usize, usize, f64, ptr, usize, ptr], returns: i32 },
+  bm_trainer_eval: { args: [u32, ptr, ptr, ptr, usize, usize, ptr], returns: i32 },
+  bm_trainer_save_checkpoint: { args: [u32, ptr, usize, ptr, usize], returns: i32 },
+  bm_trainer_load_checkpoint: { args: [u32, ptr, usize, ptr, usize, ptr], returns: i32 },
+  bm_trainer_info: { args: [u32, ptr, usize, ptr], returns: i32 },
+  bm_trainer_model: { args: [u32, ptr], returns: i32 },
+  bm_trainer_save_adapters: { args: [u32, ptr, usize], returns: i32 },
 } as const
 
 export const Status = {

@@ -12,6 +12,7 @@ pub enum Kind {
     Model,
     Trainer,
     Session,
+    BatchSession,
 }
 
 struct Entry {

@@ -13,9 +13,15 @@ use std::cell::RefCell;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 pub mod handles;
+pub mod model;
+pub mod session;
 mod tokenizer;
+pub mod trainer;
 
+pub use model::*;
+pub use session::*;
 pub use tokenizer::*;
+pub use trainer::*;
 
 /// Bumped on every incompatible change of an export's signature or meaning. The TS loader refuses
 /// a library whose version differs from the one it was written for.

@@ -1,0 +1,214 @@
+//! Model exports: init from a preset/config, load/save HF checkpoints, info, forward (logits),
+//! evaluation loss, LoRA adapters.
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use bunmind_engine::model::{LoraAdapters, Model, ModelConfig};
+use bunmind_engine::trainer::{eval_lm, Batch};
+use candle_core::{DType, Device, Tensor};
+
+use crate::handles::{self, Kind};
+use crate::*;
+
+/// A model behind a handle. `Arc` so generation sessions keep it alive on their own; the inner
+/// value can be replaced (LoRA merge) without invalidating running sessions.
+pub struct ModelEntry {
+    pub model: Mutex<Arc<Model>>,
+    pub warnings: Vec<String>,
+}
+
+impl ModelEntry {
+    pub fn new(model: Model, warnings: Vec<String>) -> Self {
+        ModelEntry { model: Mutex::new(Arc::new(model)), warnings }
+    }
+    pub fn get(&self) -> Arc<Model> {
+        self.model.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+pub fn model(h: u32) -> FfiResult<Arc<ModelEntry>> {
+    handles::get::<ModelEntry>(h, Kind::Model).map_err(FfiError::handle)
+}
+
+/// The device every model of this library build runs on.
+pub fn device() -> FfiResult<Device> {
+    #[cfg(feature = "cuda")]
+    {
+        return Device::new_cuda(0).map_err(|e| FfiError::new(BM_ERROR, format!("CUDA device 0: {e}")));
+    }
+    #[allow(unreachable_code)]
+    Ok(Device::Cpu)
+}
+
+/// Build a config from JSON: `{"preset": name, ...overrides}` or a full HF config.json object.
+pub fn config_from_json(text: &str) -> FfiResult<ModelConfig> {
+    let v: serde_json::Value = serde_json::from_str(text).map_err(|e| FfiError::arg(format!("model config: {e}")))?;
+    let obj = v.as_object().ok_or_else(|| FfiError::arg("model config must be a JSON object"))?;
+    let cfg = match obj.get("preset").and_then(|p| p.as_str()) {
+        Some(name) => {
+            let mut base = serde_json::to_value(ModelConfig::preset(name)?).map_err(|e| FfiError::arg(e.to_string()))?;
+            let b = base.as_object_mut().expect("config serialises to an object");
+            for (k, val) in obj {
+                if k != "preset" {
+                    b.insert(k.clone(), val.clone());
+                }
+            }
+            ModelConfig::from_json_str(&base.to_string())?
+        }
+        None => ModelConfig::from_json_str(text)?,
+    };
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+/// Random init (MiniMind's scheme) from `{"preset": ..., overrides}` or a full config, with `seed`.
+///
+/// # Safety
+/// `config` must point at `len` bytes; `out` at a u32.
+#[no_mangle]
+pub unsafe extern "C" fn bm_model_init(config: *const u8, len: usize, seed: u64, out: *mut u32) -> i32 {
+    guard(|| {
+        let cfg = config_from_json(str_arg(config, len, "config")?)?;
+        let m = Model::new(&cfg, seed, &device()?)?;
+        write_out(out, handles::insert(Kind::Model, ModelEntry::new(m, vec![])), "out")?;
+        Ok(BM_OK)
+    })
+}
+
+/// Load `dir/config.json` + `dir/model.safetensors` (f32/f16/bf16; with or without lm_head).
+///
+/// # Safety
+/// `dir` must point at `len` bytes; `out` at a u32.
+#[no_mangle]
+pub unsafe extern "C" fn bm_model_load(dir: *const u8, len: usize, out: *mut u32) -> i32 {
+    guard(|| {
+        let dir = str_arg(dir, len, "dir")?;
+        if !Path::new(dir).is_dir() {
+            return Err(FfiError::arg(format!("{dir}: not a model directory (expected config.json + model.safetensors)")));
+        }
+        let (m, warnings) = Model::load_dir(dir, &device()?)?;
+        write_out(out, handles::insert(Kind::Model, ModelEntry::new(m, warnings)), "out")?;
+        Ok(BM_OK)
+    })
+}
+
+#[no_mangle]
+pub extern "C" fn bm_model_free(h: u32) -> i32 {
+    guard(|| {
+        handles::remove(h, Kind::Model).map_err(FfiError::handle)?;
+        Ok(BM_OK)
+    })
+}
+
+/// Save as an HF checkpoint; `dtype`: 0 = f32, 1 = f16, 2 = bf16.
+///
+/// # Safety
+/// `dir` must point at `len` bytes.
+#[no_mangle]
+pub unsafe extern "C" fn bm_model_save(h: u32, dir: *const u8, len: usize, dtype: u8) -> i32 {
+    guard(|| {
+        let m = model(h)?.get();
+        let dir = str_arg(dir, len, "dir")?;
+        let dt = match dtype {
+            0 => DType::F32,
+            1 => DType::F16,
+            2 => DType::BF16,
+            d => return Err(FfiError::arg(format!("dtype {d}: expected 0 (f32), 1 (f16) or 2 (bf16)"))),
+        };
+        m.save_dir_as(dir, dt)?;
+        Ok(BM_OK)
+    })
+}
+
+/// `{"config": {...}, "num_parameters", "dtype", "device", "warnings": [...]}`.
+///
+/// # Safety
+/// See [`write_bytes`].
+#[no_mangle]
+pub unsafe extern "C" fn bm_model_info(h: u32, buf: *mut u8, cap: usize, out_len: *mut u32) -> i32 {
+    guard(|| {
+        let e = model(h)?;
+        let m = e.get();
+        let cfg: serde_json::Value = serde_json::from_str(&m.config().to_json_string()?).unwrap_or_default();
+        let info = serde_json::json!({
+            "config": cfg,
+            "num_parameters": m.num_parameters(),
+            "dtype": "f32",
+            "device": format!("{:?}", m.device()),
+            "warnings": e.warnings,
+            "has_lora": m.has_lora(),
+        });
+        write_bytes(info.to_string().as_bytes(), buf, cap, out_len)
+    })
+}
+
+/// Full forward (no cache kept) of `ids` `[b, t]`; writes the last position's logits `[b, V]`, or
+/// every position's `[b, t, V]` when `all_positions` is set, into `out` (`cap` floats).
+///
+/// # Safety
+/// `ids` must point at `b·t` u32s, `out` at `cap` f32s.
+#[no_mangle]
+pub unsafe extern "C" fn bm_model_forward(h: u32, ids: *const u32, b: usize, t: usize, all_positions: u8, out: *mut f32, cap: usize) -> i32 {
+    guard(|| {
+        let m = model(h)?.get();
+        let ids = slice_arg(ids, b * t, "ids")?;
+        if b == 0 || t == 0 {
+            return Err(FfiError::arg("forward: b and t must be positive"));
+        }
+        let x = Tensor::from_slice(ids, (b, t), m.device()).map_err(bunmind_engine::Error::from)?;
+        let mut cache = m.new_cache();
+        let logits = if all_positions != 0 { m.forward_all(&x, 0, &mut cache)? } else { m.forward(&x, 0, &mut cache)? };
+        let v = logits.flatten_all().and_then(|l| l.to_vec1::<f32>()).map_err(bunmind_engine::Error::from)?;
+        if v.len() > cap {
+            return Err(FfiError::new(BM_BUFFER_TOO_SMALL, format!("forward: output needs {} floats, buffer has {cap}", v.len())));
+        }
+        out_slice(out, cap, "out")?[..v.len()].copy_from_slice(&v);
+        Ok(BM_OK)
+    })
+}
+
+/// Masked next-token cross-entropy of `[b, t]` inputs/targets/mask: writes `[sum, count]`.
+///
+/// # Safety
+/// Arrays must hold `b·t` values; `out` two f64s.
+#[no_mangle]
+pub unsafe extern "C" fn bm_model_loss(h: u32, ids: *const u32, targets: *const u32, mask: *const f32, b: usize, t: usize, out: *mut f64) -> i32 {
+    guard(|| {
+        let m = model(h)?.get();
+        let n = b * t;
+        let batch = Batch {
+            ids: slice_arg(ids, n, "ids")?.to_vec(),
+            targets: slice_arg(targets, n, "targets")?.to_vec(),
+            mask: slice_arg(mask, n, "mask")?.to_vec(),
+            b,
+            t,
+        };
+        let (sum, count) = eval_lm(&m, &batch)?;
+        let o = out_slice(out, 2, "out")?;
+        o[0] = sum;
+        o[1] = count;
+        Ok(BM_OK)
+    })
+}
+
+/// Attach the LoRA adapters saved in `dir` (adapter_config.json + adapter_model.safetensors);
+/// with `merge`, fold them into the base weights.
+///
+/// # Safety
+/// `dir` must point at `len` bytes.
+#[no_mangle]
+pub unsafe extern "C" fn bm_model_load_lora(h: u32, dir: *const u8, len: usize, merge: u8) -> i32 {
+    guard(|| {
+        let e = model(h)?;
+        let dir = str_arg(dir, len, "dir")?;
+        let mut guard = e.model.lock().unwrap_or_else(|p| p.into_inner());
+        let mut m: Model = (**guard).clone();
+        let adapters = LoraAdapters::load_dir(dir, &m)?;
+        m.attach_lora(&adapters)?;
+        if merge != 0 {
+            m.merge_lora()?;
+        }
+        *guard = Arc::new(m);
+        Ok(BM_OK)
+    })
+}

@@ -1,0 +1,190 @@
+//! Trainer exports. One `bm_trainer_step` = one optimizer step over `n_micro` micro-batches; the
+//! caller owns the LR schedule, the sampler and the checkpoint cadence.
+use std::path::Path;
+use std::sync::Mutex;
+
+use bunmind_engine::trainer::{Batch, Trainer, TrainerConfig};
+
+use crate::handles::{self, Kind};
+use crate::model::{model, ModelEntry};
+use crate::*;
+
+fn trainer(h: u32) -> FfiResult<std::sync::Arc<Mutex<Trainer>>> {
+    handles::get::<Mutex<Trainer>>(h, Kind::Trainer).map_err(FfiError::handle)
+}
+
+/// Create a trainer over model `m` (which it trains in place: the model handle sees the updates).
+/// `config` is JSON (objective, weight_decay, beta1, beta2, eps, grad_clip, seed, lora);
+/// `reference` / `teacher` are model handles or 0.
+///
+/// # Safety
+/// `config` must point at `len` bytes; `out` at a u32.
+#[no_mangle]
+pub unsafe extern "C" fn bm_trainer_new(m: u32, config: *const u8, len: usize, reference: u32, teacher: u32, out: *mut u32) -> i32 {
+    guard(|| {
+        let policy = (*model(m)?.get()).clone();
+        let text = str_arg(config, len, "config")?;
+        let cfg: TrainerConfig = if text.trim().is_empty() {
+            TrainerConfig::default()
+        } else {
+            serde_json::from_str(text).map_err(|e| FfiError::arg(format!("trainer config: {e}")))?
+        };
+        let reference = if reference != 0 { Some((*model(reference)?.get()).clone()) } else { None };
+        let teacher = if teacher != 0 { Some((*model(teacher)?.get()).clone()) } else { None };
+        let t = Trainer::new(policy, cfg, reference, teacher)?;
+        write_out(out, handles::insert(Kind::Trainer, Mutex::new(t)), "out")?;
+        Ok(BM_OK)
+    })
+}
+
+#[no_mangle]
+pub extern "C" fn bm_trainer_free(h: u32) -> i32 {
+    guard(|| {
+        handles::remove(h, Kind::Trainer).map_err(FfiError::handle)?;
+        Ok(BM_OK)
+    })
+}
+
+unsafe fn batches(ids: *const u32, targets: *const u32, mask: *const f32, n_micro: usize, b: usize, t: usize) -> FfiResult<Vec<Batch>> {
+    let per = b * t;
+    let total = per * n_micro;
+    let ids = slice_arg(ids, total, "ids")?;
+    let targets = slice_arg(targets, total, "targets")?;
+    let mask = slice_arg(mask, total, "mask")?;
+    Ok((0..n_micro)
+        .map(|i| Batch {
+            ids: ids[i * per..(i + 1) * per].to_vec(),
+            targets: targets[i * per..(i + 1) * per].to_vec(),
+            mask: mask[i * per..(i + 1) * per].to_vec(),
+            b,
+            t,
+        })
+        .collect())
+}
+
+/// One optimizer step at learning rate `lr` over `n_micro` micro-batches of `[b, t]` laid out
+/// back to back. Writes the step's JSON result (loss, grad_norm, tokens, ...).
+///
+/// # Safety
+/// Arrays must hold `n_micro·b·t` values; see [`write_bytes`] for the output.
+#[no_mangle]
+pub unsafe extern "C" fn bm_trainer_step(
+    h: u32,
+    ids: *const u32,
+    targets: *const u32,
+    mask: *const f32,
+    n_micro: usize,
+    b: usize,
+    t: usize,
+    lr: f64,
+    buf: *mut u8,
+    cap: usize,
+    out_len: *mut u32,
+) -> i32 {
+    guard(|| {
+        let tr = trainer(h)?;
+        if !(lr.is_finite() && lr >= 0.0) {
+            return Err(FfiError::arg(format!("learning rate {lr} must be finite and ≥ 0")));
+        }
+        let micro = batches(ids, targets, mask, n_micro, b, t)?;
+        let r = tr.lock().unwrap_or_else(|p| p.into_inner()).step(&micro, lr)?;
+        write_bytes(serde_json::to_string(&r).map_err(|e| FfiError::arg(e.to_string()))?.as_bytes(), buf, cap, out_len)
+    })
+}
+
+/// Held-out masked cross-entropy on the trainer's current model: writes `[sum, count]`.
+///
+/// # Safety
+/// Arrays must hold `b·t` values; `out` two f64s.
+#[no_mangle]
+pub unsafe extern "C" fn bm_trainer_eval(h: u32, ids: *const u32, targets: *const u32, mask: *const f32, b: usize, t: usize, out: *mut f64) -> i32 {
+    guard(|| {
+        let tr = trainer(h)?;
+        let batch = batches(ids, targets, mask, 1, b, t)?.pop().expect("one batch");
+        let (sum, count) = tr.lock().unwrap_or_else(|p| p.into_inner()).eval_lm(&batch)?;
+        let o = out_slice(out, 2, "out")?;
+        o[0] = sum;
+        o[1] = count;
+        Ok(BM_OK)
+    })
+}
+
+/// Resumable checkpoint (weights or adapters, optimizer, RNG, step, caller's `extra` JSON), atomic.
+///
+/// # Safety
+/// `dir` / `extra` must point at their lengths in bytes.
+#[no_mangle]
+pub unsafe extern "C" fn bm_trainer_save_checkpoint(h: u32, dir: *const u8, dir_len: usize, extra: *const u8, extra_len: usize) -> i32 {
+    guard(|| {
+        let tr = trainer(h)?;
+        let dir = str_arg(dir, dir_len, "dir")?;
+        let extra = str_arg(extra, extra_len, "extra")?;
+        let extra: serde_json::Value =
+            if extra.trim().is_empty() { serde_json::Value::Null } else { serde_json::from_str(extra).map_err(|e| FfiError::arg(format!("extra: {e}")))? };
+        tr.lock().unwrap_or_else(|p| p.into_inner()).save_checkpoint(Path::new(dir), extra)?;
+        Ok(BM_OK)
+    })
+}
+
+/// Restore a checkpoint into this trainer; writes the saved `extra` JSON.
+///
+/// # Safety
+/// `dir` must point at `len` bytes; see [`write_bytes`] for the output.
+#[no_mangle]
+pub unsafe extern "C" fn bm_trainer_load_checkpoint(h: u32, dir: *const u8, len: usize, buf: *mut u8, cap: usize, out_len: *mut u32) -> i32 {
+    guard(|| {
+        let tr = trainer(h)?;
+        let dir = str_arg(dir, len, "dir")?;
+        let extra = tr.lock().unwrap_or_else(|p| p.into_inner()).load_checkpoint(Path::new(dir))?;
+        write_bytes(extra.to_string().as_bytes(), buf, cap, out_len)
+    })
+}
+
+/// `{"step", "trainable_parameters", "config"}`.
+///
+/// # Safety
+/// See [`write_bytes`].
+#[no_mangle]
+pub unsafe extern "C" fn bm_trainer_info(h: u32, buf: *mut u8, cap: usize, out_len: *mut u32) -> i32 {
+    guard(|| {
+        let tr = trainer(h)?;
+        let tr = tr.lock().unwrap_or_else(|p| p.into_inner());
+        let info = serde_json::json!({
+            "step": tr.step_count(),
+            "trainable_parameters": tr.trainable_parameters(),
+            "config": serde_json::to_value(tr.config()).unwrap_or_default(),
+        });
+        write_bytes(info.to_string().as_bytes(), buf, cap, out_len)
+    })
+}
+
+/// A model handle on the trainer's current weights (LoRA attached when training adapters), for
+/// sampling or evaluation during training. It shares the weights: later steps are visible.
+///
+/// # Safety
+/// `out` must point at a u32.
+#[no_mangle]
+pub unsafe extern "C" fn bm_trainer_model(h: u32, out: *mut u32) -> i32 {
+    guard(|| {
+        let tr = trainer(h)?;
+        let m = tr.lock().unwrap_or_else(|p| p.into_inner()).model.clone();
+        write_out(out, handles::insert(Kind::Model, ModelEntry::new(m, vec![])), "out")?;
+        Ok(BM_OK)
+    })
+}
+
+/// Save LoRA adapters alone (adapter_config.json + adapter_model.safetensors) into `dir`.
+///
+/// # Safety
+/// `dir` must point at `len` bytes.
+#[no_mangle]
+pub unsafe extern "C" fn bm_trainer_save_adapters(h: u32, dir: *const u8, len: usize) -> i32 {
+    guard(|| {
+        let tr = trainer(h)?;
+        let dir = str_arg(dir, len, "dir")?;
+        let tr = tr.lock().unwrap_or_else(|p| p.into_inner());
+        let a = tr.adapters.as_ref().ok_or_else(|| FfiError::arg("this trainer trains full weights, not LoRA adapters"))?;
+        a.save_dir(dir)?;
+        Ok(BM_OK)
+    })
+}

@@ -1,0 +1,131 @@
+/**
+ * A model in the native library (MiniMind family on candle): load / init / save HF checkpoints,
+ * logits, evaluation loss, LoRA adapters. Handles are owned by Effect scopes (`loadModel`,
+ * `initModel`); methods are synchronous native calls that throw `NativeError`.
+ */
+import { ptr } from "bun:ffi"
+import { Effect, Scope } from "effect"
+import { NativeError, NativeLoadError } from "../native/errors.ts"
+import { loadNativeSync, ptrOf, utf8, type Device, type NativeLib } from "../native/library.ts"
+
+export interface ModelConfig {
+  hidden_size: number
+  num_hidden_layers: number
+  num_attention_heads: number
+  num_key_value_heads?: number | null
+  head_dim?: number | null
+  intermediate_size: number
+  vocab_size: number
+  max_position_embeddings: number
+  rope_theta: number
+  rms_norm_eps: number
+  tie_word_embeddings: boolean
+  use_moe: boolean
+  num_experts: number
+  num_experts_per_tok: number
+  n_shared_experts: number
+  qk_norm?: boolean | null
+  rope_interleaved?: boolean
+  dropout: number
+  bos_token_id: number
+  eos_token_id: number
+  pad_token_id: number
+  model_type: string
+  [k: string]: unknown
+}
+
+export interface ModelInfo {
+  config: ModelConfig
+  num_parameters: number
+  dtype: string
+  device: string
+  warnings: string[]
+  has_lora: boolean
+}
+
+export const PRESETS = ["minimind-v1", "minimind2-small", "minimind2", "minimind2-moe", "minimind-3", "minimind-3-moe", "tiny"] as const
+
+export type ModelError = NativeError | NativeLoadError
+
+export class Model {
+  #freed = false
+  #info?: ModelInfo
+
+  constructor(readonly native: NativeLib, readonly handle: number, readonly source: string) {}
+
+  info(): ModelInfo {
+    if (!this.#info) {
+      this.#info = JSON.parse(this.native.readString("bm_model_info", (b, c, l) => this.native.sym.bm_model_info(this.handle, b, c, l)))
+    }
+    return this.#info!
+  }
+
+  get config(): ModelConfig {
+    return this.info().config
+  }
+
+  get vocabSize(): number {
+    return this.config.vocab_size
+  }
+
+  /** Logits of the last position of each row (`[b, V]`), or of every position (`[b, t, V]`). */
+  forward(ids: ArrayLike<number>, b = 1, allPositions = false): Float32Array {
+    const arr = ids instanceof Uint32Array ? ids : Uint32Array.from(ids)
+    const t = arr.length / b
+    if (!Number.isInteger(t) || t === 0) throw new RangeError(`forward: ${arr.length} ids do not split into ${b} rows`)
+    const out = new Float32Array((allPositions ? b * t : b) * this.vocabSize)
+    this.native.check("bm_model_forward", this.native.sym.bm_model_forward(this.handle, ptrOf(arr), b, t, allPositions ? 1 : 0, ptr(out), out.length))
+    return out
+  }
+
+  /** Masked cross-entropy (sum over counted targets, count) of `[b, t]` rows. */
+  loss(ids: Uint32Array, targets: Uint32Array, mask: Float32Array, b: number): { sum: number; count: number } {
+    const out = new Float64Array(2)
+    this.native.check("bm_model_loss", this.native.sym.bm_model_loss(this.handle, ptrOf(ids), ptrOf(targets), ptrOf(mask), b, ids.length / b, ptr(out)))
+    return { sum: out[0]!, count: out[1]! }
+  }
+
+  /** Writes `config.json` + `model.safetensors` (atomically) in f32, f16 or bf16. */
+  save(dir: string, dtype: "f32" | "f16" | "bf16" = "f32"): void {
+    const d = utf8(dir)
+    this.native.check("bm_model_save", this.native.sym.bm_model_save(this.handle, ptrOf(d), d.byteLength, { f32: 0, f16: 1, bf16: 2 }[dtype]))
+  }
+
+  /** Attach LoRA adapters from `dir`; `merge` folds them into the base weights. */
+  loadLora(dir: string, merge = false): void {
+    const d = utf8(dir)
+    this.native.check("bm_model_load_lora", this.native.sym.bm_model_load_lora(this.handle, ptrOf(d), d.byteLength, merge ? 1 : 0))
+    this.#info = undefined
+  }
+
+  free(): void {
+    if (this.#freed) return
+    this.#freed = true
+    this.native.check("bm_model_free", this.native.sym.bm_model_free(this.handle))
+  }
+}
+
+export function openModelSync(dir: string, native: NativeLib = loadNativeSync("cpu")): Model {
+  const d = utf8(dir)
+  const box = new Uint32Array(1)
+  native.check("bm_model_load", native.sym.bm_model_load(ptrOf(d), d.byteLength, ptr(box)))
+  return new Model(native, box[0]!, dir)
+}
+
+/** `config`: `{ preset: name, ...overrides }` or a full HF config object. */
+export function initModelSync(config: Record<string, unknown>, seed = 42, native: NativeLib = loadNativeSync("cpu")): Model {
+  const c = utf8(JSON.stringify(config))
+  const box = new Uint32Array(1)
+  native.check("bm_model_init", native.sym.bm_model_init(ptrOf(c), c.byteLength, BigInt(seed), ptr(box)))
+  return new Model(native, box[0]!, `init:${JSON.stringify(config)}`)
+}
+
+const scoped = (make: () => Model): Effect.Effect<Model, ModelError, Scope.Scope> =>
+  Effect.acquireRelease(
+    Effect.try({ try: make, catch: (e) => e as ModelError }),
+    (m) => Effect.sync(() => m.free()),
+  )
+
+export const loadModel = (dir: string, device: Device = "cpu") => scoped(() => openModelSync(dir, loadNativeSync(device)))
+export const initModel = (config: Record<string, unknown>, seed = 42, device: Device = "cpu") =>
+  scoped(() => initModelSync(config, seed, loadNativeSync(device)))

@@ -1,0 +1,155 @@
+/**
+ * The native trainer: one `step` = one optimizer step (forward, masked loss, backward, gradient
+ * accumulation over micro-batches, clipping, AdamW at the given learning rate).
+ */
+import { ptr } from "bun:ffi"
+import { Effect, Scope } from "effect"
+import { NativeError } from "../native/errors.ts"
+import { ptrOf, utf8 } from "../native/library.ts"
+import { Model } from "./model.ts"
+
+export type Objective =
+  | { kind: "lm" }
+  | { kind: "dpo"; beta: number }
+  | { kind: "distill"; alpha: number; temperature: number }
+
+export interface LoraOptions {
+  r: number
+  lora_alpha: number
+  lora_dropout?: number
+  target_modules: string[]
+}
+
+export interface TrainerOptions {
+  objective?: Objective
+  weightDecay?: number
+  beta1?: number
+  beta2?: number
+  eps?: number
+  /** Global-norm clip; null disables. Default 1.0. */
+  gradClip?: number | null
+  seed?: number
+  lora?: LoraOptions | null
+  reference?: Model
+  teacher?: Model
+}
+
+export interface StepResult {
+  step: number
+  loss: number
+  grad_norm: number
+  lr: number
+  tokens: number
+  applied: boolean
+  aux_loss: number
+  dpo?: { chosen_reward: number; rejected_reward: number; reward_margin: number; accuracy: number }
+  kl?: number
+  ce?: number
+}
+
+/** Rows `[b, t]` of inputs, targets and mask, flattened. */
+export interface HostBatch {
+  ids: Uint32Array
+  targets: Uint32Array
+  mask: Float32Array
+}
+
+export class Trainer {
+  #freed = false
+
+  constructor(readonly model: Model, readonly handle: number) {}
+
+  get native() {
+    return this.model.native
+  }
+
+  /** One optimizer step over `micro` batches of `b` rows each. */
+  step(micro: HostBatch[], b: number, lr: number): StepResult {
+    const n = micro.length
+    const per = micro[0]!.ids.length
+    const t = per / b
+    const cat = <T extends Uint32Array | Float32Array>(k: keyof HostBatch, C: new (n: number) => T): T => {
+      if (n === 1) return micro[0]![k] as T
+      const out = new C(per * n)
+      micro.forEach((m, i) => out.set(m[k] as unknown as ArrayLike<number>, i * per))
+      return out
+    }
+    const ids = cat("ids", Uint32Array)
+    const targets = cat("targets", Uint32Array)
+    const mask = cat("mask", Float32Array)
+    const s = this.native.readString("bm_trainer_step", (buf, cap, len) =>
+      this.native.sym.bm_trainer_step(this.handle, ptrOf(ids), ptrOf(targets), ptrOf(mask), n, b, t, lr, buf, cap, len),
+    )
+    return JSON.parse(s)
+  }
+
+  /** Held-out masked cross-entropy: sum over counted targets and their count. */
+  eval(batch: HostBatch, b: number): { sum: number; count: number } {
+    const out = new Float64Array(2)
+    const t = batch.ids.length / b
+    this.native.check("bm_trainer_eval", this.native.sym.bm_trainer_eval(this.handle, ptrOf(batch.ids), ptrOf(batch.targets), ptrOf(batch.mask), b, t, ptr(out)))
+    return { sum: out[0]!, count: out[1]! }
+  }
+
+  saveCheckpoint(dir: string, extra: unknown): void {
+    const d = utf8(dir)
+    const e = utf8(JSON.stringify(extra ?? null))
+    this.native.check("bm_trainer_save_checkpoint", this.native.sym.bm_trainer_save_checkpoint(this.handle, ptrOf(d), d.byteLength, ptrOf(e), e.byteLength))
+  }
+
+  /** Restores a checkpoint; returns the `extra` saved with it. */
+  loadCheckpoint(dir: string): unknown {
+    const d = utf8(dir)
+    return JSON.parse(this.native.readString("bm_trainer_load_checkpoint", (b, c, l) => this.native.sym.bm_trainer_load_checkpoint(this.handle, ptrOf(d), d.byteLength, b, c, l)))
+  }
+
+  info(): { step: number; trainable_parameters: number; config: unknown } {
+    return JSON.parse(this.native.readString("bm_trainer_info", (b, c, l) => this.native.sym.bm_trainer_info(this.handle, b, c, l)))
+  }
+
+  /** A model handle on the trainer's live weights (LoRA attached), for sampling and evaluation. */
+  liveModel(): Model {
+    const box = new Uint32Array(1)
+    this.native.check("bm_trainer_model", this.native.sym.bm_trainer_model(this.handle, ptr(box)))
+    return new Model(this.native, box[0]!, `${this.model.source} (training)`)
+  }
+
+  saveAdapters(dir: string): void {
+    const d = utf8(dir)
+    this.native.check("bm_trainer_save_adapters", this.native.sym.bm_trainer_save_adapters(this.handle, ptrOf(d), d.byteLength))
+  }
+
+  free(): void {
+    if (this.#freed) return
+    this.#freed = true
+    this.native.check("bm_trainer_free", this.native.sym.bm_trainer_free(this.handle))
+  }
+}
+
+export function openTrainerSync(model: Model, o: TrainerOptions = {}): Trainer {
+  const cfg = utf8(
+    JSON.stringify({
+      objective: o.objective ?? { kind: "lm" },
+      weight_decay: o.weightDecay ?? 0.01,
+      beta1: o.beta1 ?? 0.9,
+      beta2: o.beta2 ?? 0.999,
+      eps: o.eps ?? 1e-8,
+      grad_clip: o.gradClip === undefined ? 1.0 : o.gradClip,
+      seed: o.seed ?? 42,
+      lora: o.lora ?? null,
+    }),
+  )
+  const box = new Uint32Array(1)
+  const { native } = model
+  native.check(
+    "bm_trainer_new",
+    native.sym.bm_trainer_new(model.handle, ptrOf(cfg), cfg.byteLength, o.reference?.handle ?? 0, o.teacher?.handle ?? 0, ptr(box)),
+  )
+  return new Trainer(model, box[0]!)
+}
+
+export const openTrainer = (model: Model, o: TrainerOptions = {}): Effect.Effect<Trainer, NativeError, Scope.Scope> =>
+  Effect.acquireRelease(
+    Effect.try({ try: () => openTrainerSync(model, o), catch: (e) => e as NativeError }),
+    (t) => Effect.sync(() => t.free()),
+  )
