@@ -7,14 +7,24 @@ import { NodeRuntime, NodeServices } from "@effect/platform-node"
 import { Cause, Effect } from "effect"
 import { Command } from "effect/cli"
 import { dataCommand } from "./cli/data.ts"
+import { evalCommand } from "./cli/eval.ts"
 import { generateCommand, modelCommand } from "./cli/model.ts"
+import { chatCommand, serveCommand } from "./cli/serve.ts"
 import { tokenizerCommand } from "./cli/tokenizer.ts"
 
 const pkg = await Bun.file(new URL("../package.json", import.meta.url)).json()
 
 export const root = Command.make("bunmind").pipe(
   Command.withDescription("train and run small language models end to end (MiniMind-compatible)"),
-  Command.withSubcommands([tokenizerCommand, dataCommand, modelCommand, generateCommand]),
+  Command.withSubcommands([
+    tokenizerCommand,
+    dataCommand,
+    modelCommand,
+    generateCommand,
+    evalCommand,
+    serveCommand,
+    chatCommand,
+  ]),
 )
 
 /** Prints a user-facing error (no stack for known errors) and sets the exit code. */
