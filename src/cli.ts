@@ -11,6 +11,7 @@ import { evalCommand } from "./cli/eval.ts"
 import { generateCommand, modelCommand } from "./cli/model.ts"
 import { chatCommand, serveCommand } from "./cli/serve.ts"
 import { tokenizerCommand } from "./cli/tokenizer.ts"
+import { loraCommand, trainCommand } from "./cli/train.ts"
 
 const pkg = await Bun.file(new URL("../package.json", import.meta.url)).json()
 
@@ -21,6 +22,8 @@ export const root = Command.make("bunmind").pipe(
     dataCommand,
     modelCommand,
     generateCommand,
+    trainCommand,
+    loraCommand,
     evalCommand,
     serveCommand,
     chatCommand,

@@ -22,7 +22,7 @@ export class ProgressBar {
 
   constructor(opts: ProgressOptions) {
     const stream = opts.stream ?? process.stderr
-    this.#opts = { format: (n) => String(n), logEvery: 5, stream, ...opts }
+    this.#opts = { format: (n) => String(n), logEvery: 5, ...opts, stream }
     this.tty = Boolean(stream.isTTY) && process.env.BUNMIND_PLAIN_PROGRESS !== "1"
   }
 

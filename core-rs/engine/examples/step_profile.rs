@@ -1,0 +1,45 @@
+//! Times the phases of one training step on a small model: forward, loss, backward, optimizer.
+//!   cargo run --release --example step_profile -- [hidden layers vocab seq batch]
+use std::time::Instant;
+
+use bunmind_engine::model::{Model, ModelConfig};
+use bunmind_engine::train::{masked_cross_entropy_sum, AdamW, AdamWConfig, Param};
+use candle_core::{Device, Tensor};
+
+fn main() -> bunmind_engine::Result<()> {
+    let args: Vec<usize> = std::env::args().skip(1).map(|a| a.parse().unwrap()).collect();
+    let (h, l, v, t, b) = match args.as_slice() {
+        [h, l, v, t, b] => (*h, *l, *v, *t, *b),
+        _ => (64, 2, 2000, 128, 8),
+    };
+    let mut cfg = ModelConfig::preset("tiny")?;
+    cfg.hidden_size = h;
+    cfg.num_hidden_layers = l;
+    cfg.vocab_size = v;
+    cfg.intermediate_size = h * 3;
+    let dev = Device::Cpu;
+    let model = Model::new(&cfg, 1, &dev)?;
+    let params: Vec<Param> = model.named_parameters().into_iter().map(|p| Param::with_decay(p.name, p.var, p.weight_decay)).collect();
+    let mut opt = AdamW::new(params, AdamWConfig::default())?;
+    let ids: Vec<u32> = (0..b * t).map(|i| (i * 7 % v) as u32).collect();
+    let ids = Tensor::from_vec(ids, (b, t), &dev)?;
+    let targets = ids.clone();
+    let mask = Tensor::ones((b, t), candle_core::DType::F32, &dev)?;
+    for it in 0..4 {
+        let t0 = Instant::now();
+        let (logits, aux) = model.forward_train(&ids)?;
+        let t1 = Instant::now();
+        let ce = masked_cross_entropy_sum(&logits, &targets, &mask)?;
+        let loss = (ce.sum + aux)?;
+        let t2 = Instant::now();
+        let grads = loss.backward()?;
+        let t3 = Instant::now();
+        opt.step(&grads, 1e-3)?;
+        let t4 = Instant::now();
+        let ms = |a: Instant, b: Instant| (b - a).as_secs_f64() * 1e3;
+        if it > 0 {
+            println!("forward {:.1} ms, loss {:.1} ms, backward {:.1} ms, adamw {:.1} ms, total {:.1} ms", ms(t0, t1), ms(t1, t2), ms(t2, t3), ms(t3, t4), ms(t0, t4));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,220 @@
+/** `bunmind train <stage>` for pretrain / sft / lora / dpo / distill, and `bunmind lora merge`. */
+import { existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from "node:fs"
+import { join, resolve } from "node:path"
+import { Effect, Option } from "effect"
+import { Command, Flag } from "effect/cli"
+import { loadModel, PRESETS } from "../model/model.ts"
+import { openTokenizerSync } from "../tokenizer/tokenizer.ts"
+import { runStage, type StageName, type StageOptions } from "../train/loop.ts"
+import { STAGE_DEFAULTS, STAGE_INIT } from "../train/stages.ts"
+import { copyTokenizer } from "../train/loop.ts"
+import { UsageError } from "./errors.ts"
+import { deviceFlag, parseDevice } from "./model.ts"
+
+const opt = <A>(f: Flag.Flag<A>, description: string) => f.pipe(Flag.optional, Flag.withDescription(description))
+
+const commonFlags = {
+  run: Flag.String("run").pipe(Flag.withDefault("default"), Flag.withDescription("run name: everything goes to runs/<name>/ (or --run-dir)")),
+  runDir: opt(Flag.String("run-dir"), "explicit run directory (overrides --run)"),
+  data: Flag.String("data").pipe(Flag.atLeast(1), Flag.withDescription("dataset files (JSONL/CSV/Parquet/txt) or a prepared shard directory")),
+  tokenizer: opt(Flag.String("tokenizer"), "tokenizer dir or tokenizer.json (default: <run>/tokenizer)"),
+  init: opt(Flag.String("init"), "model directory to start from (default: the previous stage's model in the run)"),
+  epochs: opt(Flag.Int("epochs"), "passes over the data"),
+  steps: opt(Flag.Int("steps"), "stop after this many optimizer steps"),
+  batchSize: opt(Flag.Int("batch-size"), "rows per micro-batch"),
+  accum: opt(Flag.Int("accum"), "gradient accumulation micro-batches per step"),
+  lr: opt(Flag.Finite("lr"), "peak learning rate (cosine to lr/10)"),
+  seqLen: opt(Flag.Int("seq-len"), "max sequence length in tokens"),
+  warmup: Flag.Int("warmup").pipe(Flag.withDefault(0), Flag.withDescription("linear warmup steps")),
+  weightDecay: opt(Flag.Finite("weight-decay"), "AdamW weight decay (not on norms)"),
+  gradClip: opt(Flag.Finite("grad-clip"), "global gradient-norm clip (0 = off)"),
+  seed: Flag.Int("seed").pipe(Flag.withDefault(42)),
+  evalEvery: Flag.Int("eval-every").pipe(Flag.withDefault(50), Flag.withDescription("held-out loss every N steps")),
+  evalBatches: Flag.Int("eval-batches").pipe(Flag.withDefault(4)),
+  evalFraction: Flag.Finite("eval-fraction").pipe(Flag.withDefault(0.02), Flag.withDescription("share of samples held out")),
+  saveEvery: Flag.Int("save-every").pipe(Flag.withDefault(100), Flag.withDescription("checkpoint every N steps (and at the end / on Ctrl-C)")),
+  resume: Flag.Boolean("resume").pipe(Flag.withDefault(false), Flag.withDescription("continue from the stage's last checkpoint")),
+  onBadRecord: Flag.Literals("on-bad-record", ["skip", "fail"] as const).pipe(Flag.withDefault("skip" as const)),
+  pack: Flag.Boolean("pack").pipe(Flag.withDefault(false), Flag.withDescription("pretrain: pack documents into full rows")),
+  systemPromptP: Flag.Finite("random-system-prompt").pipe(Flag.withDefault(0), Flag.withDescription("SFT: share given a random system prompt (upstream 0.2)")),
+  stripThinkP: Flag.Finite("strip-empty-think").pipe(Flag.withDefault(0), Flag.withDescription("SFT: share of empty think blocks stripped (upstream 0.8)")),
+  device: deviceFlag,
+}
+
+type Common = {
+  [K in keyof typeof commonFlags]: (typeof commonFlags)[K] extends Flag.Flag<infer A> ? A : never
+}
+
+const get = <A>(o: Option.Option<A>, d: A): A => (Option.isSome(o) ? o.value : d)
+
+export const runDirOf = (run: string, runDir: Option.Option<string>) => resolve(get(runDir, join("runs", run)))
+
+/** Records the command and stage order in `<run>/run.json`. */
+export function recordRun(runDir: string, stage: string, config: unknown): void {
+  mkdirSync(runDir, { recursive: true })
+  const file = join(runDir, "run.json")
+  const prev = existsSync(file) ? JSON.parse(readFileSync(file, "utf8")) : { name: runDir.split("/").pop(), created: new Date().toISOString(), stages: [] }
+  if (!prev.stages.includes(stage)) prev.stages.push(stage)
+  prev.command = `bunmind ${process.argv.slice(2).join(" ")}`
+  prev.config = { ...(prev.config ?? {}), [stage]: config }
+  writeFileSync(`${file}.tmp`, JSON.stringify(prev, null, 2) + "\n")
+  renameSync(`${file}.tmp`, file)
+}
+
+/** Builds the stage options from flags, the stage's upstream defaults and the run layout. */
+export const stageOptions = (stage: StageName, a: Common, extra: Partial<StageOptions> = {}, preset?: string) =>
+  Effect.gen(function* () {
+    const device = yield* parseDevice(a.device)
+    const runDir = runDirOf(a.run, a.runDir)
+    const d = STAGE_DEFAULTS[stage]
+    const tokenizer = get(a.tokenizer, join(runDir, "tokenizer"))
+    const tokFile = existsSync(join(tokenizer, "tokenizer.json")) ? join(tokenizer, "tokenizer.json") : tokenizer
+    if (!existsSync(tokFile)) {
+      return yield* Effect.fail(new UsageError({ message: `no tokenizer at ${tokenizer}: pass --tokenizer, or train one into the run with \`bunmind tokenizer train --out ${join(runDir, "tokenizer")}\`` }))
+    }
+    let init: StageOptions["init"]
+    if (Option.isSome(a.init)) init = { model: a.init.value }
+    else if (preset) {
+      const tok = openTokenizerSync(tokenizer)
+      const vocab = tok.vocabSize
+      tok.free()
+      init = { preset, overrides: { vocab_size: vocab } }
+    } else {
+      const from = STAGE_INIT[stage]
+      const dir = join(runDir, from, "model")
+      if (from === "scratch" || !existsSync(join(dir, "config.json"))) {
+        return yield* Effect.fail(new UsageError({ message: `${stage} starts from a trained model: pass --init <model dir> (looked for ${dir})` }))
+      }
+      init = { model: dir }
+    }
+    for (const f of a.data) {
+      if (!existsSync(f)) return yield* Effect.fail(new UsageError({ message: `--data ${f}: no such file or directory` }))
+    }
+    const clip = get(a.gradClip, d.gradClip ?? 0)
+    const o: StageOptions = {
+      stage,
+      runDir,
+      data: a.data,
+      tokenizer,
+      init,
+      seqLen: get(a.seqLen, d.seqLen),
+      batchSize: get(a.batchSize, d.batchSize),
+      accum: get(a.accum, d.accum),
+      epochs: get(a.epochs, d.epochs),
+      ...(Option.isSome(a.steps) ? { maxSteps: a.steps.value } : {}),
+      lr: get(a.lr, d.lr),
+      minLrRatio: d.minLrRatio,
+      warmupSteps: a.warmup,
+      weightDecay: get(a.weightDecay, d.weightDecay),
+      gradClip: clip > 0 ? clip : null,
+      seed: a.seed,
+      evalEvery: a.evalEvery,
+      evalBatches: a.evalBatches,
+      evalFraction: a.evalFraction,
+      saveEvery: a.saveEvery,
+      resume: a.resume,
+      onBadRecord: a.onBadRecord,
+      objective: d.objective,
+      pack: a.pack,
+      augment: { systemPromptP: a.systemPromptP, stripEmptyThinkP: a.stripThinkP, seed: a.seed },
+      device,
+      ...extra,
+    }
+    for (const [k, v] of [["--batch-size", o.batchSize], ["--accum", o.accum], ["--seq-len", o.seqLen], ["--epochs", o.epochs]] as const) {
+      if (!(Number.isInteger(v) && v > 0)) return yield* Effect.fail(new UsageError({ message: `${k} must be a positive integer, got ${v}` }))
+    }
+    if (!(o.lr > 0)) return yield* Effect.fail(new UsageError({ message: `--lr must be > 0, got ${o.lr}` }))
+    recordRun(runDir, stage, { ...o, init: o.init })
+    return o
+  })
+
+const report = (s: { stage: string; status: string; steps: number; final_loss: number | null; model_dir: string }) =>
+  Effect.sync(() => console.log(`${s.stage}: ${s.status} after ${s.steps} steps, loss ${s.final_loss?.toFixed(4) ?? "-"} → ${s.model_dir}`))
+
+const pretrainCmd = Command.make(
+  "pretrain",
+  { ...commonFlags, preset: Flag.String("preset").pipe(Flag.withDefault("minimind2-small"), Flag.withDescription(`architecture when starting from scratch: ${PRESETS.join(", ")}`)) },
+  (a) =>
+    Effect.gen(function* () {
+      if (!PRESETS.includes(a.preset as never)) return yield* Effect.fail(new UsageError({ message: `--preset ${a.preset}: unknown; choose one of ${PRESETS.join(", ")}` }))
+      const o = yield* stageOptions("pretrain", a, {}, Option.isSome(a.init) ? undefined : a.preset)
+      yield* report(yield* runStage(o))
+    }),
+).pipe(Command.withDescription("pretrain a model on {\"text\"} documents (from scratch with --preset, or continue --init)"))
+
+const sftCmd = Command.make("sft", commonFlags, (a) =>
+  Effect.gen(function* () {
+    yield* report(yield* runStage(yield* stageOptions("sft", a)))
+  }),
+).pipe(Command.withDescription("full supervised fine-tuning on chat conversations (loss on assistant spans)"))
+
+const loraCmd = Command.make(
+  "lora",
+  {
+    ...commonFlags,
+    rank: Flag.Int("rank").pipe(Flag.withDefault(16)),
+    loraAlpha: opt(Flag.Finite("lora-alpha"), "scale numerator (default: = rank, MiniMind's unscaled adapters)"),
+    loraDropout: Flag.Finite("lora-dropout").pipe(Flag.withDefault(0)),
+    targets: Flag.String("targets").pipe(Flag.withDefault("q_proj,o_proj"), Flag.withDescription("comma-separated: q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj")),
+  },
+  (a) =>
+    Effect.gen(function* () {
+      const lora = { r: a.rank, lora_alpha: get(a.loraAlpha, a.rank), lora_dropout: a.loraDropout, target_modules: a.targets.split(",").map((s) => s.trim()).filter(Boolean) }
+      yield* report(yield* runStage(yield* stageOptions("lora", a, { lora })))
+    }),
+).pipe(Command.withDescription("train LoRA adapters only (base frozen); writes the adapters and a merged model"))
+
+const dpoCmd = Command.make(
+  "dpo",
+  {
+    ...commonFlags,
+    beta: Flag.Finite("beta").pipe(Flag.withDefault(0.15)),
+    reference: opt(Flag.String("reference"), "frozen reference model (default: the init model)"),
+  },
+  (a) =>
+    Effect.gen(function* () {
+      const extra: Partial<StageOptions> = { objective: { kind: "dpo", beta: a.beta }, ...(Option.isSome(a.reference) ? { reference: a.reference.value } : {}) }
+      yield* report(yield* runStage(yield* stageOptions("dpo", a, extra)))
+    }),
+).pipe(Command.withDescription("direct preference optimisation on {\"chosen\",\"rejected\"} pairs against a frozen reference"))
+
+const distillCmd = Command.make(
+  "distill",
+  {
+    ...commonFlags,
+    teacher: Flag.String("teacher").pipe(Flag.withDescription("teacher model directory (same tokenizer)")),
+    alpha: Flag.Finite("alpha").pipe(Flag.withDefault(0.5), Flag.withDescription("weight of the CE term")),
+    temperature: Flag.Finite("temperature").pipe(Flag.withDefault(1.5)),
+  },
+  (a) =>
+    Effect.gen(function* () {
+      const extra: Partial<StageOptions> = { objective: { kind: "distill", alpha: a.alpha, temperature: a.temperature }, teacher: a.teacher }
+      yield* report(yield* runStage(yield* stageOptions("distill", a, extra)))
+    }),
+).pipe(Command.withDescription("distil a teacher into the student: α·CE + (1−α)·T²·KL on assistant positions"))
+
+export const trainCommand = Command.make("train").pipe(
+  Command.withDescription("training stages: pretrain → sft → lora | dpo | distill (resumable, Ctrl-C keeps a checkpoint)"),
+  Command.withSubcommands([pretrainCmd, sftCmd, loraCmd, dpoCmd, distillCmd]),
+)
+
+const merge = Command.make(
+  "merge",
+  {
+    model: Flag.String("model").pipe(Flag.withDescription("base model directory")),
+    adapter: Flag.String("adapter").pipe(Flag.withDescription("adapter directory (adapter_config.json + adapter_model.safetensors)")),
+    out: Flag.String("out").pipe(Flag.withDescription("output model directory")),
+    device: deviceFlag,
+  },
+  (a) =>
+    Effect.gen(function* () {
+      const m = yield* loadModel(a.model, yield* parseDevice(a.device))
+      yield* Effect.try({ try: () => m.loadLora(a.adapter, true), catch: (e) => e as Error })
+      m.save(a.out)
+      copyTokenizer(a.model, a.out)
+      console.log(`merged ${a.adapter} into ${a.model} → ${a.out}`)
+    }).pipe(Effect.scoped),
+).pipe(Command.withDescription("fold LoRA adapters into the base weights"))
+
+export const loraCommand = Command.make("lora").pipe(Command.withDescription("LoRA adapter tools"), Command.withSubcommands([merge]))
+

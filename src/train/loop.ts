@@ -1,0 +1,407 @@
+/**
+ * The loop every training stage shares. A stage is an Effect program:
+ *
+ *   data (raw files → shards, once) → model (init / load) → trainer (objective, LoRA)
+ *   → for each step: `accum` micro-batches from a seeded, resumable sampler → native step at the
+ *     cosine LR → metrics line + progress bar → eval every N → checkpoint every N
+ *   → final checkpoint, published model, summary.json
+ *
+ * Native handles (tokenizer, models, trainer) are scoped. Interruption (Ctrl-C / SIGTERM) lands
+ * between two steps (a native step is one synchronous call); the finalizer then writes a
+ * checkpoint of the last completed step, so `--resume` continues with the same data order,
+ * optimizer state and RNG, and reproduces the uninterrupted loss sequence exactly.
+ */
+import { appendFileSync, existsSync, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs"
+import { join, resolve } from "node:path"
+import { Data, Effect, Exit } from "effect"
+import { BatchSampler, openShards, prepareShards, type AugmentOptions, type Batch, type DataKind, type SamplerState, type ShardSet } from "../data/index.ts"
+import { ProgressBar, fmtNum } from "../cli/progress.ts"
+import { initModel, loadModel, type Model } from "../model/model.ts"
+import { openTrainer, type LoraOptions, type Objective, type StepResult, type Trainer } from "../model/trainer.ts"
+import type { Device } from "../native/library.ts"
+import { cosineLr } from "./schedule.ts"
+
+export type StageName = "pretrain" | "sft" | "lora" | "dpo" | "distill"
+
+export class StageError extends Data.TaggedError("StageError")<{ readonly stage: string; readonly message: string }> {}
+
+export interface StageOptions {
+  readonly stage: StageName
+  /** The run directory (`runs/<name>`); the stage writes into `<runDir>/<stage>/`. */
+  readonly runDir: string
+  /** Raw dataset files (JSONL / CSV / Parquet / txt), or one prepared shard directory. */
+  readonly data: ReadonlyArray<string>
+  /** tokenizer.json or its directory (with tokenizer_config.json for chat data). */
+  readonly tokenizer: string
+  /** Start from scratch (`preset` + overrides) or from a model directory. */
+  readonly init: { readonly preset: string; readonly overrides?: Record<string, unknown> } | { readonly model: string }
+  readonly seqLen: number
+  readonly batchSize: number
+  readonly accum: number
+  readonly epochs: number
+  /** Stop after this many optimizer steps (default: epochs × batches per epoch). */
+  readonly maxSteps?: number
+  readonly lr: number
+  readonly minLrRatio: number
+  readonly warmupSteps: number
+  readonly weightDecay: number
+  readonly gradClip: number | null
+  readonly seed: number
+  readonly evalEvery: number
+  readonly evalBatches: number
+  /** Share of samples held out for evaluation (deterministic split). */
+  readonly evalFraction: number
+  readonly saveEvery: number
+  readonly resume: boolean
+  readonly onBadRecord: "skip" | "fail"
+  readonly objective: Objective
+  readonly lora?: LoraOptions
+  /** DPO: frozen reference model directory (default: the init model). */
+  readonly reference?: string
+  /** Distillation: teacher model directory. */
+  readonly teacher?: string
+  readonly augment?: AugmentOptions
+  readonly pack?: boolean
+  readonly device: Device
+  /** Write a progress bar / log lines to stderr. */
+  readonly quiet?: boolean
+  /** Stop (as if interrupted) after this many steps in this process; for tests. */
+  readonly stopAfter?: number
+}
+
+export interface StageSummary {
+  stage: StageName
+  status: "done" | "interrupted" | "failed"
+  steps: number
+  total_steps: number
+  epochs: number
+  tokens: number
+  elapsed_s: number
+  tokens_per_s: number
+  final_loss: number | null
+  final_eval_loss: number | null
+  params: number
+  trainable_params: number
+  model_dir: string
+  resumed_from_step: number | null
+  skipped_records: number
+  [k: string]: unknown
+}
+
+export interface MetricLine {
+  step: number
+  epoch: number
+  loss: number
+  lr: number
+  grad_norm: number
+  tokens: number
+  tokens_per_s: number
+  elapsed_s: number
+  eval_loss?: number
+  dpo_accuracy?: number
+  reward_margin?: number
+  kl?: number
+}
+
+const kindOf = (stage: StageName): DataKind => (stage === "pretrain" ? "pretrain" : stage === "dpo" ? "dpo" : "sft")
+
+const writeJson = (path: string, value: unknown) => {
+  const tmp = `${path}.tmp-${process.pid}`
+  writeFileSync(tmp, JSON.stringify(value, null, 2) + "\n")
+  renameSync(tmp, path)
+}
+
+/** Prepares (or reuses) the stage's shards. A directory with index.json is used as is. */
+const stageShards = (o: StageOptions, stageDir: string) =>
+  Effect.gen(function* () {
+    if (o.data.length === 1 && existsSync(join(o.data[0]!, "index.json"))) {
+      return { dir: o.data[0]!, skipped: 0 }
+    }
+    const dir = join(stageDir, "data")
+    const stamp = JSON.stringify({ data: o.data.map((d) => resolve(d)), tokenizer: resolve(o.tokenizer), seqLen: o.seqLen, augment: o.augment ?? null, pack: o.pack ?? false })
+    const stampFile = join(stageDir, "data.stamp.json")
+    if (existsSync(join(dir, "index.json")) && existsSync(stampFile) && readFileSync(stampFile, "utf8") === stamp) {
+      return { dir, skipped: 0 }
+    }
+    const r = yield* prepareShards({
+      input: [...o.data],
+      tokenizer: o.tokenizer,
+      kind: kindOf(o.stage),
+      outDir: dir,
+      maxLen: o.seqLen + 1,
+      pack: o.pack ?? false,
+      onBadRecord: o.onBadRecord,
+      augment: o.augment ?? { systemPromptP: 0, stripEmptyThinkP: 0 },
+      log: !o.quiet,
+      // Long pretraining documents are routinely cut to the sequence length: count, don't list.
+      maxWarnings: o.stage === "pretrain" ? 3 : 20,
+    })
+    writeFileSync(stampFile, stamp)
+    if (!o.quiet) console.error(`[${o.stage}] ${r.summary}`)
+    return { dir, skipped: r.skipped }
+  })
+
+/** Deterministic train/eval split of sample indices. */
+export function splitIndices(n: number, evalFraction: number, seed: number): { train: Uint32Array; eval: Uint32Array } {
+  const nEval = evalFraction > 0 && n > 1 ? Math.max(1, Math.min(n - 1, Math.round(n * evalFraction))) : 0
+  const order = Uint32Array.from({ length: n }, (_, i) => i)
+  let s = (seed ^ 0x5bd1e995) >>> 0
+  const rnd = () => {
+    s = (s + 0x6d2b79f5) >>> 0
+    let t = s
+    t = Math.imul(t ^ (t >>> 15), t | 1)
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
+  }
+  for (let i = n - 1; i > 0; i--) {
+    const j = Math.floor(rnd() * (i + 1))
+    const t = order[i]!
+    order[i] = order[j]!
+    order[j] = t
+  }
+  return { eval: order.slice(0, nEval).sort(), train: order.slice(nEval).sort() }
+}
+
+/** Micro-batch rows for the trainer. DPO: chosen rows followed by rejected rows. */
+const hostBatch = (shards: ShardSet, stage: StageName, indices: ArrayLike<number>, seqLen: number): Batch => {
+  if (stage !== "dpo") return shards.getBatch(indices, seqLen)
+  const { chosen, rejected } = shards.getPairBatch(indices, seqLen)
+  const cat = <T extends Uint32Array | Float32Array>(a: T, b: T): T => {
+    const out = new (a.constructor as new (n: number) => T)(a.length + b.length)
+    out.set(a)
+    out.set(b, a.length)
+    return out
+  }
+  return { batchSize: chosen.batchSize * 2, seqLen, ids: cat(chosen.ids, rejected.ids), targets: cat(chosen.targets, rejected.targets), mask: cat(chosen.mask, rejected.mask) }
+}
+
+/** Runs one stage to completion (or interruption); returns its summary. */
+export const runStage = (o: StageOptions) =>
+  Effect.gen(function* () {
+    const stageDir = join(o.runDir, o.stage)
+    const ckptDir = join(stageDir, "checkpoint")
+    const modelDir = join(stageDir, "model")
+    mkdirSync(stageDir, { recursive: true })
+    const log = (msg: string) => {
+      if (!o.quiet) console.error(`[${o.stage}] ${msg}`)
+    }
+    if (!o.resume && existsSync(join(ckptDir, "trainer_state.json"))) {
+      return yield* Effect.fail(
+        new StageError({ stage: o.stage, message: `${stageDir} already has a checkpoint: pass --resume to continue it, or use another --run name` }),
+      )
+    }
+    writeJson(join(stageDir, "config.json"), { ...o, quiet: undefined, stopAfter: undefined })
+
+    const data = yield* stageShards(o, stageDir)
+    const shards = yield* openShards(data.dir)
+    const split = splitIndices(shards.numSamples, o.evalFraction, o.seed)
+    const perStep = o.batchSize * o.accum
+    if (split.train.length < o.batchSize) {
+      return yield* Effect.fail(
+        new StageError({ stage: o.stage, message: `only ${split.train.length} training samples, fewer than one batch of ${o.batchSize}: lower --batch-size or add data` }),
+      )
+    }
+    const batchesPerEpoch = Math.floor(split.train.length / o.batchSize)
+    const stepsPerEpoch = Math.max(1, Math.floor(batchesPerEpoch / o.accum))
+    const totalSteps = o.maxSteps ?? stepsPerEpoch * o.epochs
+
+    // Model, frozen reference / teacher, trainer: all scoped.
+    const model: Model = "preset" in o.init
+      ? yield* initModel({ preset: o.init.preset, ...(o.init.overrides ?? {}) }, o.seed, o.device)
+      : yield* loadModel(o.init.model, o.device)
+    if (model.vocabSize < shards.index.tokenizer.vocabSize) {
+      return yield* Effect.fail(
+        new StageError({ stage: o.stage, message: `the model's vocab_size ${model.vocabSize} is smaller than the tokenizer's ${shards.index.tokenizer.vocabSize}` }),
+      )
+    }
+    const reference = o.objective.kind === "dpo" ? yield* loadModel(o.reference ?? ("model" in o.init ? o.init.model : ""), o.device) : undefined
+    const teacher = o.objective.kind === "distill"
+      ? yield* (o.teacher ? loadModel(o.teacher, o.device) : Effect.fail(new StageError({ stage: o.stage, message: "distillation needs --teacher <model dir>" })))
+      : undefined
+    const trainer: Trainer = yield* openTrainer(model, {
+      objective: o.objective,
+      weightDecay: o.weightDecay,
+      gradClip: o.gradClip,
+      seed: o.seed,
+      lora: o.lora ?? null,
+      reference,
+      teacher,
+    })
+
+    // Resume.
+    let sampler = new BatchSampler({ numSamples: split.train.length, batchSize: o.batchSize, seed: o.seed })
+    let step = 0
+    let tokens = 0
+    let elapsedBefore = 0
+    let resumedFrom: number | null = null
+    const metricsFile = join(stageDir, "metrics.jsonl")
+    if (o.resume && existsSync(join(ckptDir, "trainer_state.json"))) {
+      const extra = (yield* Effect.try({ try: () => trainer.loadCheckpoint(ckptDir), catch: (e) => e as Error })) as {
+        sampler: SamplerState
+        step: number
+        tokens: number
+        elapsed_s: number
+      }
+      sampler = BatchSampler.fromState(extra.sampler, split.train.length)
+      step = extra.step
+      tokens = extra.tokens
+      elapsedBefore = extra.elapsed_s
+      resumedFrom = step
+      // Metrics written after the checkpoint (a crash between save and exit) are dropped.
+      if (existsSync(metricsFile)) {
+        const kept = readFileSync(metricsFile, "utf8").split("\n").filter((l) => {
+          try {
+            return l && (JSON.parse(l) as MetricLine).step <= step
+          } catch {
+            return false
+          }
+        })
+        writeFileSync(metricsFile, kept.map((l) => l + "\n").join(""))
+      }
+      log(`resumed from ${ckptDir} at step ${step}/${totalSteps}`)
+    } else if (existsSync(metricsFile)) {
+      rmSync(metricsFile)
+    }
+    if (step >= totalSteps && resumedFrom !== null && existsSync(join(stageDir, "summary.json"))) {
+      const prev = JSON.parse(readFileSync(join(stageDir, "summary.json"), "utf8")) as StageSummary
+      if (prev.status === "done") return prev
+    }
+
+    const info = trainer.info()
+    const params = model.info().num_parameters
+    log(`${params.toLocaleString()} parameters (${info.trainable_parameters.toLocaleString()} trainable), ${split.train.length} train / ${split.eval.length} eval samples, ${totalSteps} steps of ${perStep} × ${o.seqLen}`)
+
+    const evalLoss = (): number | undefined => {
+      if (split.eval.length === 0 || o.stage === "dpo") return undefined
+      let sum = 0
+      let count = 0
+      const n = Math.min(split.eval.length, o.evalBatches * o.batchSize)
+      for (let i = 0; i < n; i += o.batchSize) {
+        const idx = split.eval.subarray(i, Math.min(n, i + o.batchSize))
+        const b = shards.getBatch(idx, o.seqLen)
+        const r = trainer.eval(b, idx.length)
+        sum += r.sum
+        count += r.count
+      }
+      return count ? sum / count : undefined
+    }
+
+    const bar = new ProgressBar({ label: o.stage, total: totalSteps, logEvery: 10, stream: o.quiet ? ({ isTTY: false, write: () => true } as unknown as NodeJS.WriteStream) : undefined })
+    const t0 = performance.now()
+    let last: StepResult | undefined
+    let lastEval: number | undefined
+    let status: StageSummary["status"] = "interrupted"
+    let stepsThisRun = 0
+
+    const elapsed = () => elapsedBefore + (performance.now() - t0) / 1000
+    const saveCheckpoint = () =>
+      trainer.saveCheckpoint(ckptDir, { sampler: sampler.state(), step, tokens, elapsed_s: elapsed(), stage: o.stage })
+
+    const summary = (): StageSummary => ({
+      stage: o.stage,
+      status,
+      steps: step,
+      total_steps: totalSteps,
+      epochs: o.epochs,
+      tokens,
+      elapsed_s: +elapsed().toFixed(2),
+      tokens_per_s: +(tokens / Math.max(elapsed(), 1e-9)).toFixed(1),
+      final_loss: last?.loss ?? null,
+      final_eval_loss: lastEval ?? null,
+      params,
+      trainable_params: info.trainable_parameters,
+      model_dir: modelDir,
+      resumed_from_step: resumedFrom,
+      skipped_records: data.skipped,
+      ...(last?.dpo ? { dpo_accuracy: last.dpo.accuracy, reward_margin: last.dpo.reward_margin } : {}),
+      ...(last?.kl !== undefined ? { kl: last.kl } : {}),
+    })
+
+    // On any exit: interrupted or failed runs keep a checkpoint of the last completed step.
+    yield* Effect.addFinalizer((exit) =>
+      Effect.sync(() => {
+        if (Exit.isSuccess(exit)) return
+        status = Exit.hasInterrupts(exit) ? "interrupted" : "failed"
+        bar.finish(`${status} at step ${step}/${totalSteps}`)
+        if (stepsThisRun > 0 || resumedFrom === null) {
+          try {
+            saveCheckpoint()
+            log(`checkpoint saved to ${ckptDir} (resume with --resume)`)
+          } catch (e) {
+            console.error(`[${o.stage}] could not save a checkpoint: ${(e as Error).message}`)
+          }
+        }
+        writeJson(join(stageDir, "summary.json"), summary())
+      }),
+    )
+
+    while (step < totalSteps) {
+      const micro: Batch[] = []
+      for (let k = 0; k < o.accum; k++) {
+        const sb = sampler.next()
+        micro.push(hostBatch(shards, o.stage, Array.from(sb.indices, (i) => split.train[i]!), o.seqLen))
+      }
+      const lr = cosineLr(step, totalSteps, o.lr, o.warmupSteps, o.minLrRatio)
+      last = yield* Effect.try({
+        try: () => trainer.step(micro, micro[0]!.batchSize, lr),
+        catch: (e) => new StageError({ stage: o.stage, message: `step ${step + 1}: ${(e as Error).message}` }),
+      })
+      step++
+      stepsThisRun++
+      tokens += last.tokens
+      const line: MetricLine = {
+        step,
+        epoch: sampler.epoch,
+        loss: last.loss,
+        lr,
+        grad_norm: last.grad_norm,
+        tokens: last.tokens,
+        tokens_per_s: 0,
+        elapsed_s: +elapsed().toFixed(3),
+      }
+      line.tokens_per_s = +(tokens / Math.max(line.elapsed_s, 1e-9)).toFixed(1)
+      if (last.dpo) {
+        line.dpo_accuracy = last.dpo.accuracy
+        line.reward_margin = last.dpo.reward_margin
+      }
+      if (last.kl !== undefined) line.kl = last.kl
+      if ((o.evalEvery > 0 && step % o.evalEvery === 0) || step === totalSteps) {
+        lastEval = evalLoss()
+        if (lastEval !== undefined) line.eval_loss = lastEval
+      }
+      appendFileSync(metricsFile, JSON.stringify(line) + "\n")
+      bar.update(step, { loss: last.loss, ...(lastEval !== undefined ? { eval: lastEval } : {}), lr: last.lr, "tok/s": Math.round(line.tokens_per_s) })
+      if (o.saveEvery > 0 && step % o.saveEvery === 0 && step < totalSteps) saveCheckpoint()
+      if (o.stopAfter !== undefined && stepsThisRun >= o.stopAfter) return yield* Effect.interrupt
+      // A yield point between steps: Ctrl-C lands here.
+      yield* Effect.yieldNow
+    }
+
+    status = "done"
+    saveCheckpoint()
+    // Publish: LoRA stages save the adapters and a merged model; others the weights.
+    if (o.lora) {
+      trainer.saveAdapters(join(stageDir, "adapter"))
+      const merged = trainer.liveModel()
+      try {
+        merged.save(modelDir)
+      } finally {
+        merged.free()
+      }
+    } else {
+      model.save(modelDir)
+    }
+    copyTokenizer(o.tokenizer, modelDir)
+    bar.finish(`done: ${step} steps, loss ${fmtNum(last?.loss ?? NaN)}${lastEval !== undefined ? `, eval ${fmtNum(lastEval)}` : ""}, model → ${modelDir}`)
+    const s = summary()
+    writeJson(join(stageDir, "summary.json"), s)
+    return s
+  }).pipe(Effect.scoped)
+
+/** Copies tokenizer.json (+ tokenizer_config.json) next to a published model, so it is self-contained. */
+export function copyTokenizer(tokenizer: string, dir: string): void {
+  const src = existsSync(join(tokenizer, "tokenizer.json")) ? tokenizer : resolve(tokenizer, "..")
+  for (const f of ["tokenizer.json", "tokenizer_config.json"]) {
+    if (existsSync(join(src, f))) writeFileSync(join(dir, f), readFileSync(join(src, f)))
+  }
+}
