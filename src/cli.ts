@@ -9,6 +9,7 @@ import { Command } from "effect/cli"
 import { dataCommand } from "./cli/data.ts"
 import { evalCommand } from "./cli/eval.ts"
 import { generateCommand, modelCommand } from "./cli/model.ts"
+import { reportCommand } from "./cli/report.ts"
 import { chatCommand, serveCommand } from "./cli/serve.ts"
 import { tokenizerCommand } from "./cli/tokenizer.ts"
 import { loraCommand, trainCommand } from "./cli/train.ts"
@@ -24,6 +25,7 @@ export const root = Command.make("bunmind").pipe(
     generateCommand,
     trainCommand,
     loraCommand,
+    reportCommand,
     evalCommand,
     serveCommand,
     chatCommand,
@@ -39,7 +41,8 @@ const report = (cause: Cause.Cause<unknown>) =>
     }
     const err = Cause.squash(cause) as { _tag?: string; message?: string; stack?: string }
     const known = err && typeof err === "object" && typeof err._tag === "string"
-    if (known && err._tag?.startsWith("Cli")) {
+    const cliTags = ["DuplicateOption", "InvalidValue", "MissingArgument", "MissingOption", "ShowHelp", "UnexpectedArgument", "UnknownSubcommand", "UnrecognizedOption", "ValidationError"]
+    if (known && cliTags.includes(err._tag!)) {
       // effect/cli already rendered its parse/help error.
     } else {
       process.stderr.write(`error: ${known || err instanceof Error ? err.message : String(err)}\n`)
