@@ -9,6 +9,7 @@ import { Command } from "effect/cli"
 import { dataCommand } from "./cli/data.ts"
 import { evalCommand } from "./cli/eval.ts"
 import { generateCommand, modelCommand } from "./cli/model.ts"
+import { pipelineCommand } from "./cli/pipeline.ts"
 import { reportCommand } from "./cli/report.ts"
 import { chatCommand, serveCommand } from "./cli/serve.ts"
 import { tokenizerCommand } from "./cli/tokenizer.ts"
@@ -25,6 +26,7 @@ export const root = Command.make("bunmind").pipe(
     generateCommand,
     trainCommand,
     loraCommand,
+    pipelineCommand,
     reportCommand,
     evalCommand,
     serveCommand,
