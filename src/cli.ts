@@ -7,6 +7,7 @@ import { NodeRuntime, NodeServices } from "@effect/platform-node"
 import { Cause, Effect } from "effect"
 import { Command } from "effect/cli"
 import { dataCommand } from "./cli/data.ts"
+import { demoCommand } from "./cli/demo.ts"
 import { evalCommand } from "./cli/eval.ts"
 import { generateCommand, modelCommand } from "./cli/model.ts"
 import { pipelineCommand } from "./cli/pipeline.ts"
@@ -20,6 +21,7 @@ const pkg = await Bun.file(new URL("../package.json", import.meta.url)).json()
 export const root = Command.make("bunmind").pipe(
   Command.withDescription("train and run small language models end to end (MiniMind-compatible)"),
   Command.withSubcommands([
+    demoCommand,
     tokenizerCommand,
     dataCommand,
     modelCommand,
