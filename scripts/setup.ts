@@ -25,6 +25,12 @@ if (!Bun.which("cargo")) {
 run(["bun", "scripts/build-native.ts"], "native build")
 
 if (forTests) {
+  // Browser tests (web chat, edge chat, report) drive Debian's chromium through playwright-core.
+  if (!Bun.which("chromium") && process.platform === "linux" && Bun.which("apt-get")) {
+    console.error("[setup] installing chromium for the browser tests (apt-get)")
+    const sudo = process.getuid?.() === 0 ? [] : ["sudo"]
+    run([...sudo, "sh", "-c", "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null"], "apt-get install chromium")
+  }
   const py = Bun.which("python3") ?? Bun.which("python")
   if (!py) {
     console.error("[setup] python3 not found: the parity tests need it (apt-get install python3 python3-pip)")
