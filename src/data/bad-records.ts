@@ -57,6 +57,7 @@ export class BadRecordLog {
   private note(message: string): Effect.Effect<void> {
     if (this.warnings.length >= this.maxWarnings) return Effect.void
     this.warnings.push(message)
-    return this.log ? Effect.logWarning(message) : Effect.void
+    // stderr, so stdout stays clean for data (encode/decode pipes, JSON output).
+    return this.log ? Effect.sync(() => void process.stderr.write(`warning: ${message}\n`)) : Effect.void
   }
 }

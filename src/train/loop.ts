@@ -271,8 +271,26 @@ export const runStage = (o: StageOptions) =>
     const params = model.info().num_parameters
     log(`${params.toLocaleString()} parameters (${info.trainable_parameters.toLocaleString()} trainable), ${split.train.length} train / ${split.eval.length} eval samples, ${totalSteps} steps of ${perStep} × ${o.seqLen}`)
 
+    // DPO's held-out loss: −log σ(β·((πc − πr) − (rc − rr))) on held-out pairs, from summed
+    // masked log-probs of the live policy and the frozen reference (one row at a time).
+    const live = o.stage === "dpo" ? yield* Effect.acquireRelease(Effect.sync(() => trainer.liveModel()), (m) => Effect.sync(() => m.free())) : undefined
+    const evalDpo = (): number | undefined => {
+      if (!live || !reference || split.eval.length === 0 || o.objective.kind !== "dpo") return undefined
+      const beta = o.objective.beta
+      const n = Math.min(split.eval.length, o.evalBatches * o.batchSize)
+      let total = 0
+      for (let i = 0; i < n; i++) {
+        const { chosen, rejected } = shards.getPairBatch([split.eval[i]!], o.seqLen)
+        const lp = (m: Model, b: Batch) => -m.loss(b.ids, b.targets, b.mask, 1).sum
+        const z = beta * (lp(live, chosen) - lp(live, rejected) - (lp(reference, chosen) - lp(reference, rejected)))
+        total += Math.log1p(Math.exp(-Math.abs(z))) + Math.max(-z, 0)
+      }
+      return total / n
+    }
+
     const evalLoss = (): number | undefined => {
-      if (split.eval.length === 0 || o.stage === "dpo") return undefined
+      if (o.stage === "dpo") return evalDpo()
+      if (split.eval.length === 0) return undefined
       let sum = 0
       let count = 0
       const n = Math.min(split.eval.length, o.evalBatches * o.batchSize)
