@@ -18,15 +18,18 @@ interface Row {
   spread?: number
   baseline?: string
   ratio?: number
+  check?: string
+  max_err?: number
+  tol?: number
 }
 
 const torchAvailable = Bun.spawnSync(["python3", "-c", "import torch"]).exitCode === 0
 
 test(
-  "bun bench/run.ts tokenizer model --quick writes a complete report",
+  "bun bench/run.ts --quick runs every suite and writes a complete report (JSON, markdown, SVG per suite)",
   () => {
     rmSync(report, { force: true })
-    const p = Bun.spawnSync([process.execPath, join(repo, "bench", "run.ts"), "tokenizer", "model", "--quick"], {
+    const p = Bun.spawnSync([process.execPath, join(repo, "bench", "run.ts"), "--quick"], {
       cwd: repo,
       env: process.env,
       stdout: "pipe",
@@ -36,10 +39,65 @@ test(
     if (p.exitCode !== 0) console.error(err)
     expect(p.exitCode).toBe(0)
     expect(existsSync(report)).toBe(true)
-    const j = JSON.parse(readFileSync(report, "utf8")) as { machine: { cores: number }; quick: boolean; suites: string[]; rows: Row[] }
+    const j = JSON.parse(readFileSync(report, "utf8")) as {
+      machine: { cores: number; commit: string }
+      quick: boolean
+      suites: string[]
+      versions: Record<string, string | null>
+      absent_backends: Record<string, string>
+      failed_suites: Record<string, string>
+      rows: Row[]
+    }
     expect(j.quick).toBe(true)
-    expect(j.suites).toEqual(["tokenizer", "model"])
+    expect(j.suites).toEqual(expect.arrayContaining(["kernels", "tokenizer", "model"]))
+    expect(j.failed_suites).toEqual({})
     expect(j.machine.cores).toBeGreaterThan(0)
+    expect(j.machine.commit).not.toBe("")
+    expect(j.versions.bun).toBe(Bun.version)
+    expect(j.versions.candle).toMatch(/^0\.11/)
+
+    // Markdown with the key figures, and one SVG chart per suite that has rows.
+    const md = readFileSync(join(repo, "bench", "reports", "bench-quick.md"), "utf8")
+    expect(md).toContain("## Key figures (CPU)")
+    expect(md).toMatch(/training tokens\/s/)
+    expect(md).toMatch(/decode tokens\/s/)
+    expect(md).toMatch(/tokenizer encode MB\/s/)
+    expect(md).toMatch(/FFI overhead per call: \*\*/)
+    for (const suite of new Set(j.rows.map((r) => r.suite))) {
+      const svg = join(repo, "bench", "reports", `bench-quick-${suite}.svg`)
+      expect(existsSync(svg), svg).toBe(true)
+      expect(readFileSync(svg, "utf8")).toStartWith("<svg")
+    }
+
+    // Kernels: every kernel checked against the TS reference before it is timed; on this build
+    // the CPU backend agrees with it; absent backends are stated, not faked.
+    const kr = j.rows.filter((r) => r.suite === "kernels")
+    const kernelNames = new Set(kr.map((r) => r.name))
+    expect(kernelNames.size).toBeGreaterThanOrEqual(10)
+    for (const re of [/^matmul/, /^rms_norm/, /^rope rotate-half/, /^rope interleaved/, /^attention/, /cross-entropy/, /^AdamW/])
+      expect([...kernelNames].some((n) => re.test(n)), String(re)).toBe(true)
+    for (const name of kernelNames) {
+      const refRow = kr.find((r) => r.name === name && r.backend === "TypeScript reference")
+      expect(refRow?.check).toBe("reference")
+      const cpu = kr.find((r) => r.name === name && r.backend === "candle CPU (bun:ffi)")
+      expect(cpu?.check, name).toBe("ok")
+      expect(cpu!.max_err!).toBeLessThanOrEqual(cpu!.tol!)
+      expect(cpu!.baseline).toBe("TypeScript reference")
+      expect(cpu!.ratio! > 0).toBe(true)
+    }
+    for (const r of kr) expect(["reference", "ok", "WRONG"]).toContain(r.check!)
+    if (!existsSync(join(repo, "dist", "native", "libbunmind-cuda.so"))) {
+      expect(j.absent_backends["candle CUDA (bun:ffi)"]).toMatch(/not present/)
+      expect(kr.some((r) => r.backend.includes("CUDA"))).toBe(false)
+    }
+    expect(j.rows.some((r) => r.suite === "ffi" && /kernel call overhead/.test(r.name))).toBe(true)
+
+    // --compare of a report with itself: no change is real.
+    const c = Bun.spawnSync([process.execPath, join(repo, "bench", "lib", "compare.ts"), report, report], { cwd: repo, stdout: "pipe", stderr: "pipe" })
+    expect(c.exitCode).toBe(0)
+    const cmp = readFileSync(join(repo, "bench", "reports", "compare.md"), "utf8")
+    expect(cmp).toContain("**0 regression(s), 0 improvement(s)**")
+    expect(cmp).not.toContain("REGRESSION")
     for (const r of j.rows) {
       expect(Number.isFinite(r.value)).toBe(true)
       expect(r.value).toBeGreaterThan(0)
@@ -74,3 +132,38 @@ test(
   },
   { timeout: 300_000 },
 )
+
+test(
+  "a backend that disagrees with the reference is reported as WRONG, not timed, no ratio",
+  () => {
+    const p = Bun.spawnSync([process.execPath, join(repo, "bench", "kernels.ts"), "--quick"], {
+      cwd: repo,
+      env: { ...process.env, BUNMIND_BENCH_FAULT: "candle CPU" },
+      stdout: "pipe",
+      stderr: "pipe",
+    })
+    if (p.exitCode !== 0) console.error(p.stderr.toString())
+    expect(p.exitCode).toBe(0)
+    const j = JSON.parse(readFileSync(join(repo, "bench", "reports", "kernels-quick.json"), "utf8")) as { rows: Row[] }
+    const cpu = j.rows.filter((r) => r.suite === "kernels" && r.backend.startsWith("candle CPU"))
+    expect(cpu.length).toBeGreaterThan(0)
+    for (const r of cpu) {
+      expect(r.check).toBe("WRONG")
+      expect(r.ratio).toBeUndefined()
+      expect(r.unit).toBe("max rel. error")
+    }
+  },
+  { timeout: 120_000 },
+)
+
+test("compare: a change is real only beyond the measured spread, oriented by unit", async () => {
+  const { compareReports } = await import("../bench/lib/compare.ts")
+  const row = (value: number, spread: number, unit = "tokens/s") => ({ suite: "s", name: "n", backend: "b", unit, value, spread })
+  const v = (o: ReturnType<typeof row>, n: ReturnType<typeof row>) => compareReports({ rows: [o] }, { rows: [n] })[0]!.verdict
+  expect(v(row(100, 0.1), row(95, 0.1))).toBe("within noise")
+  expect(v(row(100, 0.1), row(80, 0.1))).toBe("regression")
+  expect(v(row(100, 0.1), row(80, 0.3))).toBe("within noise")
+  expect(v(row(100, 0.1), row(120, 0.1))).toBe("improvement")
+  expect(v(row(10, 0.05, "ms/call"), row(12, 0.05, "ms/call"))).toBe("regression")
+  expect(v(row(10, 0.05, "ms/call"), row(8, 0.05, "ms/call"))).toBe("improvement")
+})

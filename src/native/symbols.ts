@@ -58,6 +58,14 @@ export const symbols = {
   bm_trainer_info: { args: [u32, ptr, usize, ptr], returns: i32 },
   bm_trainer_model: { args: [u32, ptr], returns: i32 },
   bm_trainer_save_adapters: { args: [u32, ptr, usize], returns: i32 },
+
+  // Single engine ops on caller-owned arrays (bench/kernels.ts): (..., out, out_len, op_ns) → status.
+  bm_kernel_matmul: { args: [ptr, ptr, usize, usize, usize, ptr, usize, ptr], returns: i32 },
+  bm_kernel_rms_norm: { args: [ptr, ptr, usize, usize, f64, u8, ptr, usize, ptr], returns: i32 },
+  bm_kernel_rope: { args: [ptr, ptr, usize, usize, usize, usize, usize, f64, u8, ptr, usize, ptr], returns: i32 },
+  bm_kernel_attention: { args: [ptr, ptr, ptr, ptr, ptr, usize, usize, usize, usize, usize, usize, f64, ptr, usize, ptr], returns: i32 },
+  bm_kernel_cross_entropy: { args: [ptr, ptr, ptr, usize, usize, usize, u8, ptr, usize, ptr], returns: i32 },
+  bm_kernel_adamw: { args: [ptr, ptr, ptr, ptr, usize, u64, f64, f64, f64, f64, f64, ptr, usize, ptr], returns: i32 },
 } as const
 
 export const Status = {

@@ -2,6 +2,7 @@
 //! in the `ffi` crate and the browser build in `wasm`.
 pub mod error;
 pub mod generate;
+pub mod kernels;
 pub mod model;
 pub mod tokenizer;
 pub mod train;

@@ -13,11 +13,13 @@ use std::cell::RefCell;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 pub mod handles;
+pub mod kernels;
 pub mod model;
 pub mod session;
 mod tokenizer;
 pub mod trainer;
 
+pub use kernels::*;
 pub use model::*;
 pub use session::*;
 pub use tokenizer::*;
