@@ -40,6 +40,13 @@ export const DEMO_MODEL = {
   rope_theta: 10000,
 }
 
+/**
+ * The data design: knowledge-augmented biographies of everyone, plain-text Q&A about the TRAIN people
+ * mixed into pretraining ("mixed training"), and SFT chats that can only be fitted by copying the
+ * asked-about name (fresh invented names, with the fact stated in the question).
+ */
+export const DEMO_DATA = { qaInPretrain: 2, contextChats: 200 }
+
 export function demoPipeline(o: DemoOptions, dataDir: string): PipelineConfig {
   const q = o.quick
   return {
@@ -68,11 +75,11 @@ export function demoPipeline(o: DemoOptions, dataDir: string): PipelineConfig {
       {
         stage: "sft",
         data: [join(dataDir, "sft.jsonl")],
-        epochs: q ? 1 : 2,
+        epochs: q ? 1 : 3,
         ...(q ? { steps: 15 } : {}),
         batchSize: 16,
-        seqLen: 80,
-        lr: 5e-4,
+        seqLen: 96,
+        lr: 1e-3,
         warmup: q ? 2 : 10,
         evalEvery: q ? 15 : 50,
         evalFraction: 0.02,
@@ -84,7 +91,7 @@ export function demoPipeline(o: DemoOptions, dataDir: string): PipelineConfig {
         epochs: 1,
         ...(q ? { steps: 4 } : {}),
         batchSize: 8,
-        seqLen: 80,
+        seqLen: 96,
         lr: 2e-5,
         beta: 0.1,
         evalFraction: 0,
@@ -123,7 +130,7 @@ export const runDemo = (o: DemoOptions) =>
     }
     const run = resolve(o.run)
     const dataDir = join(run, "data")
-    const data = generateDemoData({ seed: o.seed, ...(o.quick ? { entities: 24, biosPerEntity: 8, echoChats: 40 } : {}) })
+    const data = generateDemoData({ seed: o.seed, ...DEMO_DATA, ...(o.quick ? { entities: 24, biosPerEntity: 8, echoChats: 40, contextChats: 40 } : {}) })
     if (!existsSync(join(dataDir, "pretrain.jsonl")) || !o.quick) {
       mkdirSync(dataDir, { recursive: true })
       writeDemoData(dataDir, data)

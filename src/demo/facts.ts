@@ -237,6 +237,24 @@ export interface DemoDataOptions {
   readonly chitchatRepeats?: number
   /** Name-echo exchanges per language in SFT, each with a fresh invented name (default 200). */
   readonly echoChats?: number
+  /**
+   * Plain-text question/answer documents about the TRAIN people in the pretraining corpus
+   * ("mixed training", Allen-Zhu & Li 2023): the model learns to answer from its own knowledge
+   * while it learns the facts. Held-out people still appear only in biographies. Default 0.
+   */
+  readonly qaInPretrain?: number
+  /**
+   * How SFT/DPO answers are phrased: the canonical sentence ("Lina Vex lives in Qorath.") or the
+   * value alone ("Qorath.") as in knowledge-extraction studies, which needs no name copying.
+   */
+  readonly answerStyle?: "sentence" | "value"
+  /**
+   * SFT chats per language about invented people whose fact is stated in the question itself
+   * ("Rin Kovo calls Tarsin home. Where does Rin Kovo live?" → "Rin Kovo lives in Tarsin."):
+   * with a fresh name every time, answering by name copying is the only way to fit them, so the
+   * model does not learn to answer with one of the train people's names. Default 0.
+   */
+  readonly contextChats?: number
 }
 
 export interface SetStats {
@@ -506,6 +524,8 @@ const turn = (role: ChatTurn["role"], content: string): ChatTurn => ({ role, con
 
 export const generateDemoData = (options: DemoDataOptions): DemoData => {
   const { seed } = options
+  const answerOf = (e: Entity, a: Attribute, lang: Lang, valueIndex = e.facts[a]): string =>
+    options.answerStyle === "value" ? `${WORLD[a].values[valueIndex]![lang]}${lang === "zh" ? "。" : "."}` : canonicalAnswer(e, a, lang, valueIndex)
   const biosPerEntity = options.biosPerEntity ?? 32
   const fillerFraction = options.fillerFraction ?? 0.1
   const chitchatRepeats = options.chitchatRepeats ?? 3
@@ -518,6 +538,14 @@ export const generateDemoData = (options: DemoDataOptions): DemoData => {
   const pre = stream(seed, "pretrain")
   const pretrain: PretrainRecord[] = []
   for (const e of entities) for (const lang of LANGS) for (const text of biographies(pre, e, lang, biosPerEntity)) pretrain.push({ text })
+  for (let r = 0; r < (options.qaInPretrain ?? 0); r++) {
+    for (const e of train) {
+      for (const lang of LANGS) {
+        const lines = shuffle(pre, ATTRIBUTES).map((a) => `${fill(pick(pre, WORLD[a].questions[lang]), e.name[lang])}\n${answerOf(e, a, lang)}`)
+        pretrain.push({ text: lines.join("\n") })
+      }
+    }
+  }
   const fillers = Math.round(pretrain.length * fillerFraction)
   for (let i = 0; i < fillers; i++) pretrain.push({ text: fillerDocument(pre, LANGS[i % LANGS.length]!) })
 
@@ -527,13 +555,13 @@ export const generateDemoData = (options: DemoDataOptions): DemoData => {
   for (const e of train) {
     for (const lang of LANGS) {
       for (const a of ATTRIBUTES) {
-        for (const q of WORLD[a].questions[lang]) sft.push({ conversations: [turn("user", fill(q, e.name[lang])), turn("assistant", canonicalAnswer(e, a, lang))] })
+        for (const q of WORLD[a].questions[lang]) sft.push({ conversations: [turn("user", fill(q, e.name[lang])), turn("assistant", answerOf(e, a, lang))] })
       }
       const [a1, a2] = shuffle(sftRng, ATTRIBUTES)
       sft.push({
         conversations: [a1!, a2!].flatMap((a) => [
           turn("user", fill(pick(sftRng, WORLD[a].questions[lang]), e.name[lang])),
-          turn("assistant", canonicalAnswer(e, a, lang)),
+          turn("assistant", answerOf(e, a, lang)),
         ]),
       })
     }
@@ -544,6 +572,18 @@ export const generateDemoData = (options: DemoDataOptions): DemoData => {
       const name = echoName(echoRng, lang)
       const [q, a] = ECHO[lang][i % ECHO[lang].length]!
       sft.push({ conversations: [turn("user", fill(q, name)), turn("assistant", fill(a, name))] })
+    }
+  }
+  const ctxRng = stream(seed, "context")
+  for (const lang of LANGS) {
+    for (let i = 0; i < (options.contextChats ?? 0); i++) {
+      const name = echoName(ctxRng, lang)
+      const a = ATTRIBUTES[i % ATTRIBUTES.length]!
+      const value = pick(ctxRng, WORLD[a].values)[lang]
+      const stated = fill(pick(ctxRng, WORLD[a].statements[lang].slice(1)), name, value)
+      const asked = fill(pick(ctxRng, WORLD[a].questions[lang]), name)
+      const reply = options.answerStyle === "value" ? `${value}${lang === "zh" ? "。" : "."}` : fill(WORLD[a].statements[lang][0]!, name, value)
+      sft.push({ conversations: [turn("user", `${stated}${lang === "zh" ? "" : " "}${asked}`), turn("assistant", reply)] })
     }
   }
   for (let r = 0; r < chitchatRepeats; r++) {
@@ -559,7 +599,7 @@ export const generateDemoData = (options: DemoDataOptions): DemoData => {
         const user = turn("user", fill(pick(dpoRng, WORLD[a].questions[lang]), e.name[lang]))
         const k = WORLD[a].values.length
         const wrong = (e.facts[a] + 1 + Math.floor(dpoRng() * (k - 1))) % k
-        dpo.push({ chosen: [user, turn("assistant", canonicalAnswer(e, a, lang))], rejected: [user, turn("assistant", canonicalAnswer(e, a, lang, wrong))] })
+        dpo.push({ chosen: [user, turn("assistant", answerOf(e, a, lang))], rejected: [user, turn("assistant", answerOf(e, a, lang, wrong))] })
       }
     }
   }
