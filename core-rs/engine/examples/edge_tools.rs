@@ -62,8 +62,11 @@ fn reference(model_dir: &str, tokenizer: &str, parity: &str, out: &str) -> Res<(
         let t = Tensor::new(ids.as_slice(), &Device::Cpu)?.unsqueeze(0)?;
         let logits: Vec<f32> = model.forward_all(&t, 0, &mut model.new_cache())?.flatten_all()?.to_vec1()?;
         let greedy = GenerationSession::new(model.clone(), &ids, greedy_options(32))?.run()?;
+        // A random model's greedy output repeats one token; the penalty makes a varied greedy path.
+        let penalized = GenerationOptions { repetition_penalty: 4.0, ..greedy_options(32) };
+        let greedy_penalized = GenerationSession::new(model.clone(), &ids, penalized)?.run()?;
         let sampled = GenerationSession::new(model.clone(), &ids, sampled_options())?.run()?;
-        prompts.push(json!({ "text": text, "ids": ids, "logits": logits, "greedy": greedy, "sampled": sampled }));
+        prompts.push(json!({ "text": text, "ids": ids, "logits": logits, "greedy": greedy, "greedy_penalized": greedy_penalized, "sampled": sampled }));
     }
     // A second turn: the first prompt, its greedy reply, then a new user message. Native decodes
     // it from scratch; the wasm side must get the same ids while reusing its KV cache.
