@@ -76,7 +76,10 @@ describe("exported site in chromium", () => {
     expect(Object.values(s.sources)).toEqual(["network", "network", "network", "network"])
     console.error(`[edge.test] model load (network): ${s.loadMs.toFixed(0)} ms`)
 
-    await page.fill("#max_new_tokens", "96")
+    // Greedy on a random model repeats one token and never stops early: a reply of exactly 400 tokens.
+    await page.click("details summary") // the sampling settings
+    await page.fill("#max_new_tokens", "400")
+    await page.fill("#temperature", "0")
     // Watch the main thread and the answer's text while the worker generates.
     await page.evaluate(() => {
       const w = window as any
@@ -107,15 +110,21 @@ describe("exported site in chromium", () => {
     })
     s = await state(page)
     const turn = s.turns[0]
-    console.error(`[edge.test] turn 1: ${turn.tokens} tokens, ${turn.tokS.toFixed(1)} tok/s, max main-thread gap ${Math.max(...watch.gaps).toFixed(0)} ms, fill round trip ${roundTrip.toFixed(0)} ms`)
-    expect(turn.tokens).toBeGreaterThan(5)
+    const sorted = [...watch.gaps].sort((a, b) => a - b)
+    const p95 = sorted[Math.floor(sorted.length * 0.95)]!
+    const top = watch.gaps.map((g, i) => [g, i] as const).sort((a, b) => b[0] - a[0]).slice(0, 5).map(([g, i]) => `${g.toFixed(0)}@${i}`)
+    console.error(`[edge.test] turn 1: ${turn.tokens} tokens, ${turn.tokS.toFixed(1)} tok/s, main-thread timer gaps (10 ms timer): median ${sorted[sorted.length >> 1]!.toFixed(0)} ms, p95 ${p95.toFixed(0)} ms, worst ${top.join(" ")} of ${watch.gaps.length}; fill round trip ${roundTrip.toFixed(0)} ms`)
+    expect(turn.finishReason).toBe("length")
+    expect(turn.tokens).toBe(400)
     expect(turn.text.length).toBeGreaterThan(0)
     expect(turn.streamedUpdates).toBe(turn.tokens)
     // Streaming: the answer grew through many distinct lengths, not in one jump at the end.
     expect(new Set(watch.lengths.filter((n) => n > 0)).size).toBeGreaterThan(5)
-    // Responsive: the main thread never stalled during generation.
-    expect(watch.gaps.length).toBeGreaterThan(20)
-    expect(Math.max(...watch.gaps)).toBeLessThan(250)
+    // Responsive: a 10 ms timer on the main thread kept firing through the whole reply (generating on the main
+    // thread would show one gap as long as the reply). Bounds leave room for a loaded 2-core CI machine.
+    expect(watch.gaps.length).toBeGreaterThan(100)
+    expect(p95).toBeLessThan(60)
+    expect(Math.max(...watch.gaps)).toBeLessThan(1000)
     expect(roundTrip).toBeLessThan(1000)
     expect(await page.locator(".msg.assistant .text").first().textContent()).toBe(turn.text)
 
@@ -124,6 +133,7 @@ describe("exported site in chromium", () => {
 
     // Second turn: the whole conversation is re-rendered; its cached positions are reused.
     await page.fill("#max_new_tokens", "16")
+    await page.fill("#temperature", "0.85")
     await page.fill("#prompt", "再说一遍")
     await page.click("#send")
     await page.waitForFunction(() => (window as any).bunmind.state.turns.length === 2, null, { timeout: 120_000 })
@@ -146,6 +156,7 @@ describe("exported site in chromium", () => {
     let s = await state(page)
     expect(s.phase).toBe("ready")
     expect(s.simd).toBe(false)
+    await page.click("details summary")
     await page.fill("#max_new_tokens", "8")
     await page.evaluate(() => (window as any).bunmind.send("hello"))
     await page.waitForFunction(() => (window as any).bunmind.state.turns.length === 1, null, { timeout: 120_000 })

@@ -104,7 +104,7 @@ fn to_tensor(name: &str, view: &TensorView, dev: &Device) -> Result<Tensor, Stri
 }
 
 /// Reads every tensor as name → tensor (int8 tensors dequantised to f32; their scales consumed).
-/// Returns the tensors and the encoding found (for the model's info).
+/// Returns the tensors and the encoding of the 2-D tensors (for the model's info).
 pub fn load(bytes: &[u8], what: &str, dev: &Device) -> Result<(HashMap<String, Tensor>, &'static str), String> {
     let st = parse(bytes, what)?;
     let mut out = HashMap::new();
@@ -130,11 +130,14 @@ pub fn load(bytes: &[u8], what: &str, dev: &Device) -> Result<(HashMap<String, T
             let w: Vec<f32> = view.data().iter().enumerate().map(|(i, &q)| q as i8 as f32 * scales[i / cols]).collect();
             Tensor::from_vec(w, (shape[0], shape[1]), dev).map_err(|e| format!("tensor `{name}`: {e}"))?
         } else {
-            kinds.insert(match view.dtype() {
-                Dtype::BF16 => "bf16",
-                Dtype::F16 => "f16",
-                _ => "f32",
-            });
+            // The matrices say how a file is stored; 1-D norm gains stay f32 in every encoding.
+            if view.shape().len() >= 2 {
+                kinds.insert(match view.dtype() {
+                    Dtype::BF16 => "bf16",
+                    Dtype::F16 => "f16",
+                    _ => "f32",
+                });
+            }
             to_tensor(&name, &view, dev)?
         };
         out.insert(name, t);

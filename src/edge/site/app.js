@@ -21,7 +21,7 @@ function setStatus(text, error = false) {
 
 function setBusy(busy) {
   ui.send.disabled = busy || state.phase !== "ready"
-  ui.prompt.disabled = state.phase !== "ready"
+  ui.prompt.disabled = state.phase === "loading" || state.phase === "failed" // typing ahead is fine while it writes
   ui.stop.disabled = !busy
   ui.reset.disabled = busy || state.phase !== "ready"
 }
