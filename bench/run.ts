@@ -3,7 +3,8 @@
  * Runs benchmark suites and writes one combined report (JSON + markdown) in bench/reports/.
  *   bun run bench [suite...] [--quick]
  * Suites: tokenizer (encode MB/s vs HF tokenizers, FFI call cost), model (training / forward /
- * decode tokens/s vs PyTorch eager on CPU, when the model engine is present).
+ * decode tokens/s vs PyTorch eager on CPU, when the model engine is present), edge (wasm decode tokens/s in
+ * Chromium with and without SIMD vs native single-threaded, model load times, wasm/page sizes).
  */
 import { readFileSync } from "node:fs"
 import { writeReport, type Row } from "./lib/report.ts"
@@ -12,6 +13,7 @@ type Suite = (quick: boolean) => Promise<Row[]>
 const suites: Record<string, () => Promise<Suite>> = {
   tokenizer: async () => (await import("./tokenizer.ts")).tokenizerSuite,
   model: async () => (await import("./model.ts")).modelSuite,
+  edge: async () => (await import("./edge.ts")).edgeSuite,
 }
 
 const args = process.argv.slice(2)

@@ -10,17 +10,18 @@
  * 1. the wasm32 target: `rustup target add wasm32-unknown-unknown`; where rustup cannot download it, Debian's
  *    rustc 1.96 with its std sources (`apt-get install rustc-web cargo-web rust-web-src lld-16`) and `-Zbuild-std`;
  * 2. wasm-bindgen-cli at exactly the version of the wasm-bindgen crate in core-rs/wasm/Cargo.lock (`cargo install`).
- * `--browser` also installs Debian's chromium (for tests/edge.test.ts and bench/edge.ts) when /usr/bin/chromium is missing.
+ * `--browser` also installs Debian's chromium and a CJK font (for tests/edge.test.ts and bench/edge.ts) when missing.
  *
  * Environment: BUNMIND_WASM_TARGET_DIR (default core-rs/wasm/target) holds the cargo build; the SIMD and no-SIMD
- * builds use separate subfolders so switching RUSTFLAGS never rebuilds the other.
+ * builds use separate subfolders so switching RUSTFLAGS never rebuilds the other. BUNMIND_WASM_TOOLCHAIN=debian
+ * forces the Debian build-std route; BUNMIND_WASM_DIST (default dist/wasm) moves the output.
  */
 import { existsSync, mkdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs"
 import { join, resolve } from "node:path"
 
 const root = resolve(import.meta.dir, "..")
 const crate = join(root, "core-rs/wasm")
-const dist = join(root, "dist/wasm")
+const dist = resolve(process.env.BUNMIND_WASM_DIST ?? join(root, "dist/wasm"))
 const targetDir = process.env.BUNMIND_WASM_TARGET_DIR ?? join(crate, "target")
 const TARGET = "wasm32-unknown-unknown"
 const args = process.argv.slice(2)
@@ -69,7 +70,7 @@ interface Toolchain {
 }
 
 function toolchain(): Toolchain {
-  if (Bun.which("rustup")) {
+  if (Bun.which("rustup") && process.env.BUNMIND_WASM_TOOLCHAIN !== "debian") {
     const installed = ok(["rustup", "target", "list", "--installed"])
     if (installed.ok && installed.out.includes(TARGET)) return { kind: "rustup", cargo: "cargo", extraArgs: [], env: {} }
     log(`adding the ${TARGET} target with rustup`)
@@ -146,7 +147,10 @@ function layout(bindgen: string, wasm: string, out: string, simd: boolean): void
 
 const kib = (f: string) => `${(statSync(f).size / 1024).toFixed(0)} KiB`
 
-if (args.includes("--browser") && !existsSync("/usr/bin/chromium")) aptInstall(["chromium"], "the browser tests and bench drive Debian's chromium")
+// A CJK font too, so that the test's screenshot shows MiniMind's Chinese instead of boxes.
+if (args.includes("--browser") && (!existsSync("/usr/bin/chromium") || !existsSync("/usr/share/fonts/truetype/wqy/wqy-zenhei.ttc"))) {
+  aptInstall(["chromium", "fonts-wqy-zenhei"], "the browser tests and bench drive Debian's chromium")
+}
 
 const tc = toolchain()
 const bindgen = wasmBindgen(lockedVersion("wasm-bindgen"))

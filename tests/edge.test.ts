@@ -128,9 +128,6 @@ describe("exported site in chromium", () => {
     expect(roundTrip).toBeLessThan(1000)
     expect(await page.locator(".msg.assistant .text").first().textContent()).toBe(turn.text)
 
-    mkdirSync(resolve(repo, "tests/.out"), { recursive: true })
-    await page.screenshot({ path: screenshot, fullPage: true })
-
     // Second turn: the whole conversation is re-rendered; its cached positions are reused.
     await page.fill("#max_new_tokens", "16")
     await page.fill("#temperature", "0.85")
@@ -140,6 +137,8 @@ describe("exported site in chromium", () => {
     s = await state(page)
     expect(s.turns[1].reused).toBeGreaterThan(20)
     expect(await page.locator(".msg").count()).toBe(4)
+    mkdirSync(resolve(repo, "tests/.out"), { recursive: true })
+    await page.screenshot({ path: screenshot, fullPage: true })
   }, 300_000)
 
   test("a reload takes the model from the browser cache", async () => {
@@ -149,6 +148,24 @@ describe("exported site in chromium", () => {
     expect(Object.values(s.sources)).toEqual(["cache", "cache", "cache", "cache"])
     expect(await page.locator("#status").textContent()).toContain("from browser cache")
     console.error(`[edge.test] model load (cache): ${s.loadMs.toFixed(0)} ms`)
+  }, 180_000)
+
+  test("Stop ends a reply early, and the next turn works", async () => {
+    await page.click("details summary")
+    await page.fill("#max_new_tokens", "2000")
+    await page.fill("#temperature", "0")
+    await page.fill("#prompt", "写一首长诗")
+    await page.click("#send")
+    await page.waitForFunction(() => (document.querySelector(".msg.assistant:last-child .text")?.textContent?.length ?? 0) > 10, null, { timeout: 60_000 })
+    await page.click("#stop")
+    await page.waitForFunction(() => (window as any).bunmind.state.turns.length === 1, null, { timeout: 60_000 })
+    const s = await state(page)
+    expect(s.turns[0].finishReason).toBe("stopped")
+    expect(s.turns[0].tokens).toBeLessThan(2000)
+    await page.fill("#max_new_tokens", "4")
+    await page.evaluate(() => (window as any).bunmind.send("ok"))
+    await page.waitForFunction(() => (window as any).bunmind.state.turns.length === 2, null, { timeout: 60_000 })
+    expect((await state(page)).turns[1].tokens).toBe(4)
   }, 180_000)
 
   test("the no-SIMD build loads and chats", async () => {
