@@ -246,6 +246,18 @@ describe("bunmind export edge", () => {
     while (!(r2 = await it2.next()).done);
     expect(r2.value.reused).toBeGreaterThan(10)
     chat.free()
+
+    // A bundled edge worker: hand over an imported glue module and the wasm bytes (the no-SIMD build here, so
+    // that this instance is initialised fresh), with the model files as bytes.
+    const glue = await import(pathToFileURL(join(site, "pkg-nosimd/bunmind_wasm.js")).href)
+    const w = await mod.initWasm(glue, readFileSync(join(site, "pkg-nosimd/bunmind_wasm_bg.wasm")))
+    expect(w.simdEnabled()).toBe(false)
+    const m = (f: string) => new Uint8Array(readFileSync(join(site, "model", f)))
+    const direct = await mod.EdgeChat.load({ tokenizer: m("tokenizer.json"), config: m("config.json"), weights: m("model.safetensors"), tokenizerConfig: m("tokenizer_config.json") }, { wasm: w })
+    const ids: number[] = []
+    for (const s of direct.streamSync([{ role: "user", content: "你好" }], { max_new_tokens: 12, temperature: 0 })) ids.push(s.id)
+    expect(ids).toEqual(result.ids) // same tokens as the SIMD build
+    direct.free()
   }, 300_000)
 
   test("refuses what would not work in the browser, with the reason", () => {

@@ -117,6 +117,15 @@ export function loadWasm(pkgDir: string | URL): Promise<WasmModule> {
   return p
 }
 
+/**
+ * For runtimes that cannot import code by URL (bundled edge workers): pass the glue module you imported
+ * (`import * as glue from "./pkg/bunmind_wasm.js"`) and the wasm as bytes or a compiled `WebAssembly.Module`.
+ */
+export async function initWasm(glue: WasmModule, wasm: BufferSource | WebAssembly.Module): Promise<WasmModule> {
+  await glue.default({ module_or_path: wasm })
+  return glue
+}
+
 const CACHE_NAME = "bunmind-models-v1"
 
 /** Reads a response body, reporting progress. */
@@ -273,10 +282,16 @@ export class EdgeChat {
     this.stopTokenIds = [...new Set(ids.filter((i): i is number => typeof i === "number"))]
   }
 
-  /** Loads from bytes. `pkgDir`: the folder with the wasm glue (default: ./pkg or ./pkg-nosimd next to this module). */
-  static async load(files: ModelFiles, opts: { pkgDir?: string | URL; simd?: boolean; defaults?: GenerationOptions } = {}): Promise<EdgeChat> {
+  /**
+   * Loads from bytes. `wasm`: an initialised glue module (see `initWasm`); else it is imported from `pkgDir`
+   * (default: ./pkg or ./pkg-nosimd next to this module).
+   */
+  static async load(
+    files: ModelFiles,
+    opts: { wasm?: WasmModule; pkgDir?: string | URL; simd?: boolean; defaults?: GenerationOptions } = {}
+  ): Promise<EdgeChat> {
     const simd = opts.simd ?? simdSupported()
-    const wasm = await loadWasm(opts.pkgDir ?? new URL(simd ? "./pkg/" : "./pkg-nosimd/", import.meta.url))
+    const wasm = opts.wasm ?? (await loadWasm(opts.pkgDir ?? new URL(simd ? "./pkg/" : "./pkg-nosimd/", import.meta.url)))
     const template = parseTokenizerConfig(files.tokenizerConfig)
     let model: WasmChatModel
     try {
