@@ -8,6 +8,7 @@ import { Cause, Effect } from "effect"
 import { Command } from "effect/cli"
 import { dataCommand } from "./cli/data.ts"
 import { demoCommand } from "./cli/demo.ts"
+import { edgeCommand } from "./cli/edge.ts"
 import { evalCommand } from "./cli/eval.ts"
 import { generateCommand, modelCommand } from "./cli/model.ts"
 import { pipelineCommand } from "./cli/pipeline.ts"
@@ -33,6 +34,7 @@ export const root = Command.make("bunmind").pipe(
     evalCommand,
     serveCommand,
     chatCommand,
+    edgeCommand,
   ]),
 )
 

@@ -211,6 +211,37 @@ impl GenerationSession {
         })
     }
 
+    /// Continues a conversation: `tokens` is the whole history (earlier turns + the new prompt) and
+    /// `cache` already holds its first `cache.seq_len()` positions (from [`GenerationSession::into_cache`]
+    /// of the previous turn), so only the new tail is prefilled. Generation counts from the end of
+    /// `tokens`; the repetition penalty sees the whole history.
+    pub fn with_cache(model: Arc<Model>, cache: Cache, tokens: &[u32], opts: GenerationOptions) -> Result<Self> {
+        opts.validate()?;
+        check_prompt(&model, tokens, "the conversation")?;
+        if cache.seq_len() >= tokens.len() {
+            return Err(Error::input(format!(
+                "the KV cache holds {} positions but the conversation has only {} tokens; give at least one new token",
+                cache.seq_len(),
+                tokens.len()
+            )));
+        }
+        Ok(GenerationSession {
+            cache,
+            rng: Rng::new(opts.seed),
+            tokens: tokens.to_vec(),
+            prompt_len: tokens.len(),
+            finish: if opts.max_new_tokens == 0 { Some(FinishReason::Length) } else { None },
+            model,
+            opts,
+        })
+    }
+
+    /// The KV cache, for [`GenerationSession::with_cache`]. It holds every token but the last
+    /// generated one (which was sampled, not yet fed).
+    pub fn into_cache(self) -> Cache {
+        self.cache
+    }
+
     /// The next token, or None once finished (see [`GenerationSession::finish_reason`]).
     pub fn next_token(&mut self) -> Result<Option<u32>> {
         if self.finish.is_some() {

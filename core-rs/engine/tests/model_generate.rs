@@ -153,3 +153,37 @@ fn batch_generation_matches_single_sequences() {
     }
     assert_eq!(s.finish_reasons()[1], Some(FinishReason::Stop));
 }
+
+#[test]
+fn continued_conversation_reuses_the_cache() {
+    let m = fixture_model();
+    let o = GenerationOptions { max_new_tokens: 6, stop_token_ids: vec![], ..GenerationOptions::greedy() };
+    let turn1 = [1u32, 17, 200, 3];
+    let mut s = GenerationSession::new(m.clone(), &turn1, o.clone()).unwrap();
+    let reply = s.run().unwrap();
+    let history = s.tokens().to_vec();
+    let cache = s.into_cache();
+    // Every token but the last sampled one has been fed.
+    assert_eq!(cache.seq_len(), history.len() - 1);
+    // Turn 2 appends a user message; only the tail is prefilled, and the result equals a fresh
+    // session over the whole history.
+    let mut turn2 = history.clone();
+    turn2.extend([2u32, 1, 42, 43]);
+    let mut cont = GenerationSession::with_cache(m.clone(), cache, &turn2, o.clone()).unwrap();
+    let got = cont.run().unwrap();
+    assert_eq!(got, greedy_no_cache(&m, &turn2, 6));
+    assert_eq!(reply.len(), 6);
+    // A cache that already covers the whole conversation is refused (nothing to feed).
+    let all = cont.tokens().to_vec();
+    let full = cont.into_cache();
+    let n = full.seq_len();
+    assert!(GenerationSession::with_cache(m.clone(), full.clone(), &all[..n], o.clone()).is_err());
+    // A prompt that diverges after 5 tokens: truncate the cache there and re-feed the rest.
+    let mut cut = full;
+    cut.truncate(5).unwrap();
+    assert_eq!(cut.seq_len(), 5);
+    let mut other = all[..5].to_vec();
+    other.extend([77u32, 78, 79]);
+    let got = GenerationSession::with_cache(m.clone(), cut, &other, o).unwrap().run().unwrap();
+    assert_eq!(got, greedy_no_cache(&m, &other, 6));
+}

@@ -40,6 +40,23 @@ impl Cache {
         self.seq_len = 0;
     }
 
+    /// Keeps only the first `len` positions, so a conversation whose new prompt diverges from the
+    /// cached tokens after `len` of them re-feeds just the rest. A no-op when `len >= seq_len()`.
+    pub fn truncate(&mut self, len: usize) -> Result<()> {
+        if len >= self.seq_len {
+            return Ok(());
+        }
+        for slot in self.layers.iter_mut() {
+            if let Some((k, v)) = slot.take() {
+                if len > 0 {
+                    *slot = Some((k.narrow(2, 0, len)?, v.narrow(2, 0, len)?));
+                }
+            }
+        }
+        self.seq_len = len;
+        Ok(())
+    }
+
     pub(crate) fn advance(&mut self, t: usize) {
         self.seq_len += t;
     }

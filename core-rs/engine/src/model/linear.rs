@@ -27,7 +27,14 @@ pub(crate) fn matmul_t(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     let dims = x.dims().to_vec();
     let n_in = *dims.last().unwrap_or(&0);
     let rows: usize = dims[..dims.len() - 1].iter().product();
-    let y = x.reshape((rows, n_in))?.matmul(&w.t()?)?;
+    let x2 = x.reshape((rows, n_in))?;
+    #[cfg(target_arch = "wasm32")]
+    let y = match super::wasm_matmul::matmul_t(&x2, w)? {
+        Some(y) => y,
+        None => x2.matmul(&w.t()?)?,
+    };
+    #[cfg(not(target_arch = "wasm32"))]
+    let y = x2.matmul(&w.t()?)?;
     let mut out = dims;
     *out.last_mut().unwrap() = w.dim(0)?;
     Ok(y.reshape(out)?)

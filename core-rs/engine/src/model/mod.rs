@@ -21,6 +21,8 @@ pub mod params;
 pub mod rng;
 pub mod rope;
 pub mod transformer;
+#[cfg(target_arch = "wasm32")]
+mod wasm_matmul;
 
 pub use cache::Cache;
 pub use config::{ModelConfig, RopeScaling};
