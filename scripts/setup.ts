@@ -31,6 +31,8 @@ if (forTests) {
     const sudo = process.getuid?.() === 0 ? [] : ["sudo"]
     run([...sudo, "sh", "-c", "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null"], "apt-get install chromium")
   }
+  // The wasm core (SIMD and no-SIMD builds) for the edge tests; also installs chromium + a CJK font.
+  run(["bun", "scripts/build-wasm.ts", "--browser"], "wasm build")
   const py = Bun.which("python3") ?? Bun.which("python")
   if (!py) {
     console.error("[setup] python3 not found: the parity tests need it (apt-get install python3 python3-pip)")
