@@ -22,15 +22,6 @@ pub struct Attention {
     pub(crate) dropout: f64,
 }
 
-/// [B, KV, S, D] → [B, KV·rep, S, D]; query head h reads kv head h / rep.
-pub(crate) fn repeat_kv(x: &Tensor, rep: usize) -> Result<Tensor> {
-    if rep == 1 {
-        return Ok(x.clone());
-    }
-    let (b, kv, s, d) = x.dims4()?;
-    Ok(x.unsqueeze(2)?.broadcast_as((b, kv, rep, s, d))?.reshape((b, kv * rep, s, d))?)
-}
-
 /// Softmax over the last dim from exp/sum (differentiable; the max is a constant shift).
 pub(crate) fn softmax_train(x: &Tensor) -> Result<Tensor> {
     let max = x.max_keepdim(D::Minus1)?.detach();
@@ -85,12 +76,19 @@ impl Attention {
                 (k, v)
             }
         };
+        // Grouped-query attention without repeat_kv: query head h = kv·rep + r, so q [B, H, T, D]
+        // is (free view) [B, KV, rep·T, D]; one matmul per kv head covers its `rep` query heads and
+        // the k/v gradients are summed over the group by the matmul itself.
         let rep = h / kvh;
-        let k = repeat_kv(&k, rep)?; // [B, H, S, D]
-        let v = repeat_kv(&v, rep)?;
-        let scores = (q.contiguous()?.matmul(&k.t()?)? * (1.0 / (hd as f64).sqrt()))?; // [B, H, T, S]
+        let s = k.dim(2)?;
+        let qg = q.contiguous()?.reshape((b, kvh, rep * t, hd))?;
+        let scores = (qg.matmul(&k.t()?)? * (1.0 / (hd as f64).sqrt()))?; // [B, KV, rep·T, S]
         let scores = match mask {
-            Some(m) => scores.broadcast_add(m)?,
+            Some(m) => {
+                // mask: [T, S] or [B, 1, T, S] → broadcast over (kv, rep) in [B, KV, rep, T, S]
+                let m = if m.rank() == 4 { m.unsqueeze(2)? } else { m.clone() };
+                scores.reshape((b, kvh, rep, t, s))?.broadcast_add(&m)?.reshape((b, kvh, rep * t, s))?
+            }
             None => scores,
         };
         let probs = if train {
@@ -99,7 +97,7 @@ impl Attention {
         } else {
             candle_nn::ops::softmax_last_dim(&scores)?
         };
-        let y = probs.matmul(&v)?; // [B, H, T, D]
+        let y = probs.matmul(&v.contiguous()?)?.reshape((b, h, t, hd))?; // [B, KV, rep·T, D] = [B, H, T, D]
         let y = y.transpose(1, 2)?.reshape((b, t, h * hd))?;
         let y = self.o_proj.forward(&y, ctx)?;
         ctx.dropout(&y, self.dropout)
