@@ -3,6 +3,7 @@
 pub mod error;
 pub mod generate;
 pub mod model;
+pub mod ops;
 pub mod tokenizer;
 pub mod train;
 pub mod trainer;

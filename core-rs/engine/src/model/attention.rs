@@ -6,7 +6,7 @@ use super::dropout::ForwardCtx;
 use super::linear::Linear;
 use super::norm::RmsNorm;
 use super::rope::Rope;
-use crate::Result;
+use crate::{ops, Result};
 
 #[derive(Debug, Clone)]
 pub struct Attention {
@@ -20,6 +20,18 @@ pub struct Attention {
     pub(crate) n_kv_heads: usize,
     pub(crate) head_dim: usize,
     pub(crate) dropout: f64,
+}
+
+/// What the attention scores are masked with.
+#[derive(Debug, Clone, Copy)]
+pub enum AttnMask<'a> {
+    /// Every query sees every key (single-token decode without padding).
+    None,
+    /// Query i (at absolute position offset + i) sees keys j ≤ offset + i; applied inside the
+    /// fused softmax, no mask tensor.
+    Causal { offset: usize },
+    /// Additive mask broadcastable to [B, 1, T, S] ([T, S] or [B, 1, T, S]; left padding).
+    Additive(&'a Tensor),
 }
 
 /// Softmax over the last dim from exp/sum (differentiable; the max is a constant shift).
@@ -39,7 +51,7 @@ impl Attention {
         }
     }
 
-    /// x: [B, T, hidden]; cos/sin: [T, D/2]; mask: additive, broadcastable to [B, H, T, S];
+    /// x: [B, T, hidden]; cos/sin: [T, D/2]; mask: see [`AttnMask`];
     /// kv: this layer's cache slot (inference) or None (training, no cache) → [B, T, hidden]
     pub fn forward(
         &self,
@@ -47,7 +59,7 @@ impl Attention {
         rope: &Rope,
         cos: &Tensor,
         sin: &Tensor,
-        mask: Option<&Tensor>,
+        mask: AttnMask<'_>,
         kv: Option<&mut Option<(Tensor, Tensor)>>,
         ctx: &mut ForwardCtx,
     ) -> Result<Tensor> {
@@ -82,21 +94,24 @@ impl Attention {
         let rep = h / kvh;
         let s = k.dim(2)?;
         let qg = q.contiguous()?.reshape((b, kvh, rep * t, hd))?;
-        let scores = (qg.matmul(&k.t()?)? * (1.0 / (hd as f64).sqrt()))?; // [B, KV, rep·T, S]
-        let scores = match mask {
-            Some(m) => {
-                // mask: [T, S] or [B, 1, T, S] → broadcast over (kv, rep) in [B, KV, rep, T, S]
+        let scale = 1.0 / (hd as f64).sqrt();
+        let scores = qg.matmul(&k.t()?)?; // [B, KV, rep·T, S], unscaled
+        let probs = match mask {
+            AttnMask::Additive(m) => {
+                // [T, S] or [B, 1, T, S] → broadcast over (kv, rep) in [B, KV, rep, T, S]
                 let m = if m.rank() == 4 { m.unsqueeze(2)? } else { m.clone() };
-                scores.reshape((b, kvh, rep, t, s))?.broadcast_add(&m)?.reshape((b, kvh, rep * t, s))?
+                let scores =
+                    (scores * scale)?.reshape((b, kvh, rep, t, s))?.broadcast_add(&m)?.reshape((b, kvh, rep * t, s))?;
+                if train {
+                    softmax_train(&scores)?
+                } else {
+                    candle_nn::ops::softmax_last_dim(&scores)?
+                }
             }
-            None => scores,
+            AttnMask::None => ops::softmax_scaled(&scores, scale, None)?,
+            AttnMask::Causal { offset } => ops::softmax_scaled(&scores, scale, Some((t, offset)))?,
         };
-        let probs = if train {
-            let p = softmax_train(&scores)?;
-            ctx.dropout(&p, self.dropout)?
-        } else {
-            candle_nn::ops::softmax_last_dim(&scores)?
-        };
+        let probs = if train { ctx.dropout(&probs, self.dropout)? } else { probs };
         let y = probs.matmul(&v.contiguous()?)?.reshape((b, h, t, hd))?; // [B, KV, rep·T, D] = [B, H, T, D]
         let y = y.transpose(1, 2)?.reshape((b, t, h * hd))?;
         let y = self.o_proj.forward(&y, ctx)?;

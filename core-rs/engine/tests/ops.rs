@@ -1,0 +1,79 @@
+//! The fused ops in `bunmind_engine::ops`: forward against the plain candle op chains, backward
+//! against finite differences (`check_gradients`) and against the op chain's backward.
+use bunmind_engine::ops;
+use bunmind_engine::train::{check_gradients, GradCheckConfig, Rng};
+use candle_core::{Device, Tensor, Var};
+
+fn var(seed: u64, shape: &[usize], std: f32) -> Var {
+    let mut rng = Rng::new(seed);
+    Var::from_tensor(&rng.normal_tensor(shape, 0.0, std, &Device::Cpu).unwrap()).unwrap()
+}
+
+/// Fixed non-uniform weights of `shape`, so that a weighted sum is not invariant under the op.
+fn weights(shape: &[usize]) -> Tensor {
+    let n: usize = shape.iter().product();
+    Tensor::from_vec((0..n).map(|i| ((i * 7 % 11) as f32 - 5.0) / 5.0).collect::<Vec<_>>(), shape, &Device::Cpu).unwrap()
+}
+
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+}
+
+#[test]
+fn softmax_scaled_forward_matches_op_chain() {
+    // [B, KV, rep·T, S] grouped scores with T = 5 queries at offset 3 (S = 8), plus plain rows
+    let x = var(1, &[2, 2, 2 * 5, 8], 2.0);
+    for causal in [None, Some((5, 3))] {
+        let xx = x.as_tensor().clone();
+        let fused = ops::softmax_scaled(&xx, 0.7, causal).unwrap();
+        let chain = ops::softmax::softmax_scaled_reference(&xx, 0.7, causal).unwrap();
+        assert!(max_abs_diff(&fused, &chain) < 1e-6, "{causal:?}");
+    }
+    // causal over a square block: masked entries are exactly 0, rows sum to 1
+    let x = var(2, &[3, 6, 6], 1.0);
+    let y = ops::softmax_scaled(x.as_tensor(), 1.0, Some((6, 0))).unwrap();
+    let v: Vec<Vec<Vec<f32>>> = y.to_vec3().unwrap();
+    for m in &v {
+        for (i, row) in m.iter().enumerate() {
+            assert!(row[i + 1..].iter().all(|&p| p == 0.0));
+            assert!((row.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+        }
+    }
+    let chain = ops::softmax::softmax_scaled_reference(x.as_tensor(), 1.0, Some((6, 0))).unwrap();
+    assert!(max_abs_diff(&y, &chain) < 1e-6);
+}
+
+#[test]
+fn softmax_scaled_gradients() {
+    let cfg = GradCheckConfig::default();
+    for (causal, shape) in [(None, vec![3, 7]), (Some((4, 2)), vec![2, 8, 6]), (Some((5, 0)), vec![2, 5, 5])] {
+        let x = var(3, &shape, 1.0);
+        let w = weights(&shape);
+        let r = check_gradients(
+            &[("scores".into(), x.clone())],
+            || Ok((ops::softmax_scaled(x.as_tensor(), 0.8, causal)? * &w)?.sum_all()?),
+            &cfg,
+        )
+        .unwrap();
+        assert!(r.passed(), "{causal:?}: {r}");
+        // and the same gradient as the op chain's backward
+        let gf = (ops::softmax_scaled(x.as_tensor(), 0.8, causal).unwrap() * &w).unwrap().sum_all().unwrap().backward().unwrap();
+        let gc = (ops::softmax::softmax_scaled_reference(x.as_tensor(), 0.8, causal).unwrap() * &w)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let (gf, gc) = (gf.get(x.as_tensor()).unwrap(), gc.get(x.as_tensor()).unwrap());
+        assert!(max_abs_diff(gf, gc) < 1e-5, "{causal:?}");
+    }
+}
+
+#[test]
+fn softmax_scaled_is_deterministic_and_rejects_bad_causal_blocks() {
+    let x = var(4, &[4, 64, 64], 3.0);
+    let a: Vec<f32> = ops::softmax_scaled(x.as_tensor(), 0.5, Some((64, 0))).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+    let b: Vec<f32> = ops::softmax_scaled(x.as_tensor(), 0.5, Some((64, 0))).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+    assert_eq!(a, b);
+    assert!(ops::softmax_scaled(x.as_tensor(), 1.0, Some((7, 0))).is_err());
+}
