@@ -77,3 +77,56 @@ fn softmax_scaled_is_deterministic_and_rejects_bad_causal_blocks() {
     assert_eq!(a, b);
     assert!(ops::softmax_scaled(x.as_tensor(), 1.0, Some((7, 0))).is_err());
 }
+
+#[test]
+fn rms_norm_forward_matches_op_chain() {
+    let x = var(5, &[3, 4, 32], 1.5);
+    let w = var(6, &[32], 1.0);
+    let fused = ops::rms_norm(x.as_tensor(), w.as_tensor(), 1e-5).unwrap();
+    let chain = ops::rmsnorm::rms_norm_reference(x.as_tensor(), w.as_tensor(), 1e-5).unwrap();
+    assert!(max_abs_diff(&fused, &chain) < 1e-5);
+    // same as candle's fused (gradient-free) inference kernel
+    let infer = candle_nn::ops::rms_norm(x.as_tensor(), w.as_tensor(), 1e-5).unwrap();
+    assert!(max_abs_diff(&fused, &infer) < 1e-5);
+}
+
+#[test]
+fn rms_norm_gradients_for_x_and_weight() {
+    // more rows than one weight-gradient block (64) so the blocked sum is exercised
+    let x = var(7, &[3, 50, 6], 1.0);
+    let w = var(8, &[6], 1.0);
+    let wt = weights(&[3, 50, 6]);
+    let loss = || -> bunmind_engine::Result<Tensor> {
+        Ok(((ops::rms_norm(x.as_tensor(), w.as_tensor(), 1e-5)? * &wt)?.sum_all()? / 150.0)?)
+    };
+    let r = check_gradients(&[("h".into(), x.clone()), ("norm.weight".into(), w.clone())], loss, &GradCheckConfig::default())
+        .unwrap();
+    assert!(r.passed(), "{r}");
+    assert_eq!(r.vars.len(), 2);
+    let gf = loss().unwrap().backward().unwrap();
+    let gc = ((ops::rmsnorm::rms_norm_reference(x.as_tensor(), w.as_tensor(), 1e-5).unwrap() * &wt).unwrap().sum_all().unwrap()
+        / 150.0)
+        .unwrap()
+        .backward()
+        .unwrap();
+    for v in [&x, &w] {
+        assert!(max_abs_diff(gf.get(v.as_tensor()).unwrap(), gc.get(v.as_tensor()).unwrap()) < 1e-5);
+    }
+}
+
+#[test]
+fn rms_norm_weight_gradient_is_deterministic() {
+    let x = var(9, &[700, 24], 1.0);
+    let w = var(10, &[24], 1.0);
+    let run = || -> Vec<f32> {
+        let g = (ops::rms_norm(x.as_tensor(), w.as_tensor(), 1e-6).unwrap() * weights(&[700, 24]))
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        g.get(w.as_tensor()).unwrap().to_vec1().unwrap()
+    };
+    assert_eq!(run(), run());
+}
+

@@ -5,8 +5,10 @@
 //! Work is split over rows only (rayon); every reduction within a row, and the cross-row sum of
 //! [`rms_norm`]'s weight gradient (fixed row blocks, summed in block order), has a fixed order, so
 //! results are bitwise reproducible for any thread count.
+pub mod rmsnorm;
 pub mod softmax;
 
+pub use rmsnorm::rms_norm;
 pub use softmax::{causal_mask_tensor, softmax_scaled};
 
 use candle_core::{CpuStorage, Layout, Tensor};
