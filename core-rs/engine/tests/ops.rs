@@ -130,3 +130,29 @@ fn rms_norm_weight_gradient_is_deterministic() {
     assert_eq!(run(), run());
 }
 
+#[test]
+fn token_logprobs_fused_matches_op_chain_and_gradients() {
+    use bunmind_engine::train::{masked_cross_entropy, token_logprobs, token_logprobs_reference};
+    let logits = var(11, &[2, 5, 9], 2.0);
+    let targets = Tensor::from_vec((0..10u32).map(|i| (i * 4) % 9).collect::<Vec<_>>(), (2, 5), &Device::Cpu).unwrap();
+    let fused = ops::token_logprobs_fused(logits.as_tensor(), &targets).unwrap().unwrap();
+    let chain = token_logprobs_reference(logits.as_tensor(), &targets).unwrap();
+    assert_eq!(fused.dims(), &[2, 5]);
+    assert!(max_abs_diff(&fused, &chain) < 1e-5);
+    // gradient of a masked CE (mask with holes) through the fused op
+    let mask = Tensor::from_vec(vec![1f32, 1., 0., 1., 1., 0., 1., 1., 1., 0.], (2, 5), &Device::Cpu).unwrap();
+    let r = check_gradients(
+        &[("logits".into(), logits.clone())],
+        || masked_cross_entropy(logits.as_tensor(), &targets, &mask),
+        &GradCheckConfig::default(),
+    )
+    .unwrap();
+    assert!(r.passed(), "{r}");
+    let w = weights(&[2, 5]);
+    let gf = (token_logprobs(logits.as_tensor(), &targets).unwrap() * &w).unwrap().sum_all().unwrap().backward().unwrap();
+    let gc = (token_logprobs_reference(logits.as_tensor(), &targets).unwrap() * &w).unwrap().sum_all().unwrap().backward().unwrap();
+    assert!(max_abs_diff(gf.get(logits.as_tensor()).unwrap(), gc.get(logits.as_tensor()).unwrap()) < 1e-5);
+    // out-of-range targets are an error, not a panic
+    let bad = Tensor::from_vec(vec![9u32; 10], (2, 5), &Device::Cpu).unwrap();
+    assert!(ops::token_logprobs_fused(logits.as_tensor(), &bad).is_err());
+}

@@ -7,9 +7,11 @@
 //! results are bitwise reproducible for any thread count.
 pub mod rmsnorm;
 pub mod softmax;
+pub mod xent;
 
 pub use rmsnorm::rms_norm;
 pub use softmax::{causal_mask_tensor, softmax_scaled};
+pub use xent::token_logprobs_fused;
 
 use candle_core::{CpuStorage, Layout, Tensor};
 

@@ -49,7 +49,17 @@ pub fn log_softmax_last(x: &Tensor) -> Result<Tensor> {
 
 /// `log p(target)` at every position, `[B, T]` f32. Computed as `x[target] − logsumexp(x)`,
 /// which never materialises the full `[B, T, V]` log-softmax.
+/// On CPU f32 this is one fused op ([`crate::ops::token_logprobs_fused`]) with its own backward.
 pub fn token_logprobs(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    let logits = as_f32(logits)?;
+    if let Some(lp) = crate::ops::token_logprobs_fused(&logits, targets)? {
+        return Ok(lp);
+    }
+    token_logprobs_reference(&logits, targets)
+}
+
+/// [`token_logprobs`] from candle ops only (gather and a composed log-sum-exp).
+pub fn token_logprobs_reference(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
     let logits = as_f32(logits)?;
     let picked = logits.gather(&targets.unsqueeze(D::Minus1)?.contiguous()?, D::Minus1)?;
     Ok(picked.broadcast_sub(&logsumexp_last(&logits)?)?.squeeze(D::Minus1)?)
