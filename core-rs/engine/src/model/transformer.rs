@@ -267,6 +267,7 @@ impl Model {
     /// probabilities and attention output; LoRA dropout on adapter inputs) drawn from `dropout`.
     /// `None` = no dropout. RoPE uses the unscaled frequencies (YaRN is inference only).
     pub fn forward_train_with(&self, ids: &Tensor, dropout: Option<&mut dyn DropoutSource>) -> Result<(Tensor, Tensor)> {
+        crate::ops::alloc::tune_for_training();
         let (ids, b, t) = self.check_ids(ids, 0)?;
         let mut ctx = ForwardCtx::train(dropout);
         let dev = &self.device;

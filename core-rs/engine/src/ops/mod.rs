@@ -5,6 +5,7 @@
 //! Work is split over rows only (rayon); every reduction within a row, and the cross-row sum of
 //! [`rms_norm`]'s weight gradient (fixed row blocks, summed in block order), has a fixed order, so
 //! results are bitwise reproducible for any thread count.
+pub mod alloc;
 pub mod rmsnorm;
 pub mod softmax;
 pub mod xent;
