@@ -156,3 +156,53 @@ fn token_logprobs_fused_matches_op_chain_and_gradients() {
     let bad = Tensor::from_vec(vec![9u32; 10], (2, 5), &Device::Cpu).unwrap();
     assert!(ops::token_logprobs_fused(logits.as_tensor(), &bad).is_err());
 }
+
+#[test]
+fn swiglu_forward_and_gradients() {
+    let g = var(12, &[4, 3, 10], 2.0);
+    let u = var(13, &[4, 3, 10], 1.0);
+    let fused = ops::swiglu(g.as_tensor(), u.as_tensor()).unwrap();
+    let chain = ops::swiglu::swiglu_reference(g.as_tensor(), u.as_tensor()).unwrap();
+    assert_eq!(max_abs_diff(&fused, &chain), 0.0, "same arithmetic as candle's silu · u");
+    let w = weights(&[4, 3, 10]);
+    let loss = || -> bunmind_engine::Result<Tensor> { Ok(((ops::swiglu(g.as_tensor(), u.as_tensor())? * &w)?.sum_all()? / 12.0)?) };
+    let r = check_gradients(&[("gate".into(), g.clone()), ("up".into(), u.clone())], loss, &GradCheckConfig::default()).unwrap();
+    assert!(r.passed(), "{r}");
+    let gf = loss().unwrap().backward().unwrap();
+    let gc = ((ops::swiglu::swiglu_reference(g.as_tensor(), u.as_tensor()).unwrap() * &w).unwrap().sum_all().unwrap() / 12.0)
+        .unwrap()
+        .backward()
+        .unwrap();
+    for v in [&g, &u] {
+        assert!(max_abs_diff(gf.get(v.as_tensor()).unwrap(), gc.get(v.as_tensor()).unwrap()) < 1e-5);
+    }
+}
+
+#[test]
+fn rope_bthd_forward_and_gradients_both_layouts() {
+    use bunmind_engine::model::{rope::Rope, ModelConfig};
+    for interleaved in [false, true] {
+        let mut cfg = ModelConfig::preset("tiny").unwrap();
+        cfg.hidden_size = 24;
+        cfg.num_attention_heads = 3; // head_dim 8
+        cfg.num_key_value_heads = Some(3);
+        cfg.rope_interleaved = interleaved;
+        let rope = Rope::new(&cfg);
+        let (cos, sin) = rope.tables(0, 5, false, &Device::Cpu).unwrap();
+        let x = var(14, &[2, 5, 3, 8], 1.0); // [B, T, H, D]
+        let fused = ops::rope_bthd(x.as_tensor(), &cos, &sin, interleaved).unwrap().unwrap();
+        let chain = rope.apply_train(&x.as_tensor().transpose(1, 2).unwrap(), &cos, &sin).unwrap().transpose(1, 2).unwrap();
+        assert!(max_abs_diff(&fused, &chain) < 1e-6, "interleaved={interleaved}");
+        // and candle's fused inference kernel
+        let infer = rope.apply(&x.as_tensor().transpose(1, 2).unwrap(), &cos, &sin).unwrap().transpose(1, 2).unwrap();
+        assert!(max_abs_diff(&fused, &infer) < 1e-6);
+        let w = weights(&[2, 5, 3, 8]);
+        let r = check_gradients(
+            &[("q".into(), x.clone())],
+            || Ok(((rope.apply_train_bthd(x.as_tensor(), &cos, &sin)? * &w)?.sum_all()? / 10.0)?),
+            &GradCheckConfig::default(),
+        )
+        .unwrap();
+        assert!(r.passed(), "interleaved={interleaved}: {r}");
+    }
+}

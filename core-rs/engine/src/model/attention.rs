@@ -69,13 +69,16 @@ impl Attention {
         let q = self.q_proj.forward(x, ctx)?.reshape((b, t, h, hd))?;
         let k = self.k_proj.forward(x, ctx)?.reshape((b, t, kvh, hd))?;
         let v = self.v_proj.forward(x, ctx)?.reshape((b, t, kvh, hd))?;
-        let q = self.norm(&self.q_norm, &q, train)?.transpose(1, 2)?; // [B, H, T, D]
-        let k = self.norm(&self.k_norm, &k, train)?.transpose(1, 2)?; // [B, KV, T, D]
+        let q = self.norm(&self.q_norm, &q, train)?; // [B, T, H, D]
+        let k = self.norm(&self.k_norm, &k, train)?; // [B, T, KV, D]
         let v = v.transpose(1, 2)?.contiguous()?; // [B, KV, T, D]
         let (q, k) = if train {
-            (rope.apply_train(&q, cos, sin)?, rope.apply_train(&k, cos, sin)?)
+            // rotate in [B, T, H, D], then lay out per head
+            let q = rope.apply_train_bthd(&q, cos, sin)?.transpose(1, 2)?.contiguous()?;
+            let k = rope.apply_train_bthd(&k, cos, sin)?.transpose(1, 2)?.contiguous()?;
+            (q, k)
         } else {
-            (rope.apply(&q, cos, sin)?, rope.apply(&k, cos, sin)?)
+            (rope.apply(&q.transpose(1, 2)?, cos, sin)?, rope.apply(&k.transpose(1, 2)?, cos, sin)?)
         };
         let (k, v) = match kv {
             None => (k, v),

@@ -24,9 +24,9 @@ pub struct Mlp {
 impl Mlp {
     /// x: [..., hidden] → [..., hidden]
     pub fn forward(&self, x: &Tensor, ctx: &mut ForwardCtx) -> Result<Tensor> {
-        let g = self.gate_proj.forward(x, ctx)?.silu()?;
+        let g = self.gate_proj.forward(x, ctx)?;
         let u = self.up_proj.forward(x, ctx)?;
-        self.down_proj.forward(&(g * u)?, ctx)
+        self.down_proj.forward(&ops::swiglu(&g, &u)?, ctx)
     }
 }
 

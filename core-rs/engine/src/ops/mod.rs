@@ -7,11 +7,15 @@
 //! results are bitwise reproducible for any thread count.
 pub mod alloc;
 pub mod rmsnorm;
+pub mod rope;
 pub mod softmax;
+pub mod swiglu;
 pub mod xent;
 
 pub use rmsnorm::rms_norm;
+pub use rope::rope_bthd;
 pub use softmax::{causal_mask_tensor, softmax_scaled};
+pub use swiglu::swiglu;
 pub use xent::token_logprobs_fused;
 
 use candle_core::{CpuStorage, Layout, Tensor};
@@ -37,7 +41,12 @@ pub(crate) fn rows_per_task(row_len: usize) -> usize {
     (16384 / row_len.max(1)).max(1)
 }
 
-/// Zero-initialised output buffer (calloc: pages are zeroed lazily by the kernel).
-pub(crate) fn zeros(n: usize) -> Vec<f32> {
-    vec![0f32; n]
+/// Output buffer whose every element the kernel writes before it is read (no zeroing pass).
+#[allow(clippy::uninit_vec)]
+pub(crate) fn uninit(n: usize) -> Vec<f32> {
+    let mut v = Vec::with_capacity(n);
+    // SAFETY: f32 has no invalid bit patterns, and each caller writes all n elements before the
+    // buffer is handed to candle (candle's own kernels allocate outputs the same way).
+    unsafe { v.set_len(n) };
+    v
 }

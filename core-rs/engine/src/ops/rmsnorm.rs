@@ -7,7 +7,7 @@
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor, D};
 use rayon::prelude::*;
 
-use super::{f32_data, fused_ok, rows_per_task, zeros};
+use super::{f32_data, fused_ok, rows_per_task, uninit};
 use crate::Result;
 
 /// Rows per partial sum of the weight gradient (fixed: the result does not depend on threads).
@@ -44,7 +44,7 @@ impl CustomOp2 for RmsNormOp {
         let x = f32_data(s1, l1, "rms_norm", "x")?;
         let w = f32_data(s2, l2, "rms_norm", "weight")?;
         let (_rows, d) = dims(l1, l2, "rms_norm")?;
-        let mut out = zeros(x.len());
+        let mut out = uninit(x.len());
         let rpt = rows_per_task(d);
         let eps = self.eps;
         out.par_chunks_mut(d * rpt).zip(x.par_chunks(d * rpt)).for_each(|(yb, xb)| {
@@ -94,7 +94,7 @@ impl CustomOp3 for RmsNormBwdX {
         if l3.shape() != l1.shape() {
             candle_core::bail!("rms_norm bwd: grad shape {:?} != x shape {:?}", l3.shape(), l1.shape());
         }
-        let mut out = zeros(x.len());
+        let mut out = uninit(x.len());
         let rpt = rows_per_task(d);
         let eps = self.eps;
         out.par_chunks_mut(d * rpt).zip(x.par_chunks(d * rpt).zip(g.par_chunks(d * rpt))).for_each(|(db, (xb, gb))| {

@@ -8,7 +8,7 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::{f32_data, fused_ok, rows_per_task, zeros};
+use super::{f32_data, fused_ok, rows_per_task, uninit};
 use crate::Result;
 
 #[derive(Debug, Clone, Copy)]
@@ -51,13 +51,15 @@ impl CustomOp1 for ScaledSoftmax {
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let x = f32_data(storage, layout, "softmax_scaled", "input")?;
         let (_rows, s) = self.check(layout)?;
-        let mut out = zeros(x.len());
+        let mut out = uninit(x.len());
         let rpt = rows_per_task(s);
         let scale = self.scale;
         out.par_chunks_mut(s * rpt).zip(x.par_chunks(s * rpt)).enumerate().for_each(|(blk, (yb, xb))| {
             for (k, (y, x)) in yb.chunks_mut(s).zip(xb.chunks(s)).enumerate() {
                 let n = self.valid(blk * rpt + k, s);
-                let (y, x) = (&mut y[..n], &x[..n]);
+                let (y, rest) = y.split_at_mut(n);
+                rest.fill(0.0);
+                let x = &x[..n];
                 let mut max = f32::NEG_INFINITY;
                 for (yi, &xi) in y.iter_mut().zip(x) {
                     *yi = xi * scale;
@@ -99,14 +101,16 @@ impl CustomOp2 for SoftmaxBwd {
             candle_core::bail!("softmax_scaled bwd: shape mismatch {:?} vs {:?}", l1.shape(), l2.shape());
         }
         let (_rows, s) = self.fwd.check(l1)?;
-        let mut out = zeros(y.len());
+        let mut out = uninit(y.len());
         let rpt = rows_per_task(s);
         let scale = self.fwd.scale;
         out.par_chunks_mut(s * rpt).zip(y.par_chunks(s * rpt).zip(g.par_chunks(s * rpt))).enumerate().for_each(
             |(blk, (db, (yb, gb)))| {
                 for (k, ((d, y), g)) in db.chunks_mut(s).zip(yb.chunks(s)).zip(gb.chunks(s)).enumerate() {
                     let n = self.fwd.valid(blk * rpt + k, s);
-                    let (d, y, g) = (&mut d[..n], &y[..n], &g[..n]);
+                    let (d, rest) = d.split_at_mut(n);
+                    rest.fill(0.0);
+                    let (y, g) = (&y[..n], &g[..n]);
                     let mut dot = 0f32;
                     for (&yi, &gi) in y.iter().zip(g) {
                         dot += yi * gi;

@@ -4,7 +4,7 @@
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::{f32_data, fused_ok, rows_per_task, zeros};
+use super::{f32_data, fused_ok, rows_per_task, uninit};
 use crate::Result;
 
 fn u32_data<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> candle_core::Result<&'a [u32]> {
@@ -55,20 +55,23 @@ impl CustomOp2 for TokenLogProb {
         if let Some(&bad) = t.iter().find(|&&id| id as usize >= v) {
             candle_core::bail!("token_logprobs: target {bad} out of range for {v} classes");
         }
-        let mut out = zeros(t.len());
+        let mut out = uninit(t.len());
         out.par_iter_mut().zip(x.par_chunks(v).zip(t.par_iter())).with_min_len(rows_per_task(v)).for_each(|(o, (x, &id))| {
             *o = x[id as usize] - row_lse(x);
         });
         Ok((CpuStorage::F32(out), l2.shape().clone()))
     }
 
-    fn bwd(&self, logits: &Tensor, targets: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        let dx = logits.contiguous()?.apply_op3_no_bwd(&targets.contiguous()?, &grad.contiguous()?, &TokenLogProbBwd)?;
+    fn bwd(&self, logits: &Tensor, targets: &Tensor, res: &Tensor, grad: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        // [..., 2]: (log p(target), dy) per row
+        let lp_dy = Tensor::stack(&[res, grad], candle_core::D::Minus1)?.contiguous()?;
+        let dx = logits.contiguous()?.apply_op3_no_bwd(&targets.contiguous()?, &lp_dy, &TokenLogProbBwd)?;
         Ok((Some(dx), None))
     }
 }
 
-/// (logits, targets, dy) → dy · (onehot − softmax)
+/// (logits, targets, [log p(target), dy]) → dy · (onehot − softmax), with the softmax as
+/// `exp(x − lse)` and `lse = x[target] − log p(target)` (no second log-sum-exp pass)
 struct TokenLogProbBwd;
 
 impl CustomOp3 for TokenLogProbBwd {
@@ -89,16 +92,18 @@ impl CustomOp3 for TokenLogProbBwd {
         let t = u32_data(s2, l2, "token_logprobs bwd")?;
         let g = f32_data(s3, l3, "token_logprobs bwd", "grad")?;
         let v = check(l1, l2, "token_logprobs bwd")?;
-        if l3.shape() != l2.shape() {
-            candle_core::bail!("token_logprobs bwd: grad {:?} != targets {:?}", l3.shape(), l2.shape());
+        if l3.shape().elem_count() != 2 * l2.shape().elem_count() {
+            candle_core::bail!("token_logprobs bwd: [logp, grad] {:?} does not match targets {:?}", l3.shape(), l2.shape());
         }
-        let mut out = zeros(x.len());
-        out.par_chunks_mut(v).zip(x.par_chunks(v).zip(t.par_iter().zip(g.par_iter()))).with_min_len(rows_per_task(v)).for_each(
-            |(d, (x, (&id, &gi)))| {
+        let mut out = uninit(x.len());
+        out.par_chunks_mut(v).zip(x.par_chunks(v).zip(t.par_iter().zip(g.par_chunks(2)))).with_min_len(rows_per_task(v)).for_each(
+            |(d, (x, (&id, lg)))| {
+                let (lp, gi) = (lg[0], lg[1]);
                 if gi == 0.0 {
-                    return; // masked position: zero gradient (already zeros)
+                    d.fill(0.0); // masked position: zero gradient
+                    return;
                 }
-                let lse = row_lse(x);
+                let lse = x[id as usize] - lp; // the forward's log-sum-exp, from its output
                 for (di, &xi) in d.iter_mut().zip(x) {
                     *di = -gi * (xi - lse).exp();
                 }
