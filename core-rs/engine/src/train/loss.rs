@@ -1,4 +1,5 @@
-//! Training losses built only from differentiable candle ops (no fused softmax: it drops gradients).
+//! Training losses built only from differentiable ops (candle's fused softmax drops gradients;
+//! on CPU f32 the token log-probs use [`crate::ops::token_logprobs_fused`], which has a backward).
 //!
 //! Shapes: `logits [B, T, V]` (any float dtype; computed in f32 when half precision),
 //! `targets [B, T]` u32, `mask [B, T]` float. A position counts when `mask > 0`; counted positions
