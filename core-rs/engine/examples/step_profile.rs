@@ -25,7 +25,9 @@ fn main() -> bunmind_engine::Result<()> {
     let ids = Tensor::from_vec(ids, (b, t), &dev)?;
     let targets = ids.clone();
     let mask = Tensor::ones((b, t), candle_core::DType::F32, &dev)?;
-    for it in 0..4 {
+    let iters: usize = std::env::var("ITERS").ok().and_then(|s| s.parse().ok()).unwrap_or(6);
+    let mut totals = Vec::new();
+    for it in 0..=iters {
         let t0 = Instant::now();
         let (logits, aux) = model.forward_train(&ids)?;
         let t1 = Instant::now();
@@ -38,8 +40,11 @@ fn main() -> bunmind_engine::Result<()> {
         let t4 = Instant::now();
         let ms = |a: Instant, b: Instant| (b - a).as_secs_f64() * 1e3;
         if it > 0 {
+            totals.push(ms(t0, t4));
             println!("forward {:.1} ms, loss {:.1} ms, backward {:.1} ms, adamw {:.1} ms, total {:.1} ms", ms(t0, t1), ms(t1, t2), ms(t2, t3), ms(t3, t4), ms(t0, t4));
         }
     }
+    totals.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    println!("median total {:.1} ms over {} steps (min {:.1})", totals[totals.len() / 2], totals.len(), totals[0]);
     Ok(())
 }

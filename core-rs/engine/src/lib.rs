@@ -4,6 +4,7 @@ pub mod error;
 pub mod generate;
 pub mod kernels;
 pub mod model;
+pub mod ops;
 pub mod tokenizer;
 pub mod train;
 pub mod trainer;

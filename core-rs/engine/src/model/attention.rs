@@ -6,7 +6,7 @@ use super::dropout::ForwardCtx;
 use super::linear::Linear;
 use super::norm::RmsNorm;
 use super::rope::Rope;
-use crate::Result;
+use crate::{ops, Result};
 
 #[derive(Debug, Clone)]
 pub struct Attention {
@@ -22,13 +22,16 @@ pub struct Attention {
     pub(crate) dropout: f64,
 }
 
-/// [B, KV, S, D] → [B, KV·rep, S, D]; query head h reads kv head h / rep.
-pub(crate) fn repeat_kv(x: &Tensor, rep: usize) -> Result<Tensor> {
-    if rep == 1 {
-        return Ok(x.clone());
-    }
-    let (b, kv, s, d) = x.dims4()?;
-    Ok(x.unsqueeze(2)?.broadcast_as((b, kv, rep, s, d))?.reshape((b, kv * rep, s, d))?)
+/// What the attention scores are masked with.
+#[derive(Debug, Clone, Copy)]
+pub enum AttnMask<'a> {
+    /// Every query sees every key (single-token decode without padding).
+    None,
+    /// Query i (at absolute position offset + i) sees keys j ≤ offset + i; applied inside the
+    /// fused softmax, no mask tensor.
+    Causal { offset: usize },
+    /// Additive mask broadcastable to [B, 1, T, S] ([T, S] or [B, 1, T, S]; left padding).
+    Additive(&'a Tensor),
 }
 
 /// Softmax over the last dim from exp/sum (differentiable; the max is a constant shift).
@@ -48,7 +51,7 @@ impl Attention {
         }
     }
 
-    /// x: [B, T, hidden]; cos/sin: [T, D/2]; mask: additive, broadcastable to [B, H, T, S];
+    /// x: [B, T, hidden]; cos/sin: [T, D/2]; mask: see [`AttnMask`];
     /// kv: this layer's cache slot (inference) or None (training, no cache) → [B, T, hidden]
     pub fn forward(
         &self,
@@ -56,7 +59,7 @@ impl Attention {
         rope: &Rope,
         cos: &Tensor,
         sin: &Tensor,
-        mask: Option<&Tensor>,
+        mask: AttnMask<'_>,
         kv: Option<&mut Option<(Tensor, Tensor)>>,
         ctx: &mut ForwardCtx,
     ) -> Result<Tensor> {
@@ -66,13 +69,16 @@ impl Attention {
         let q = self.q_proj.forward(x, ctx)?.reshape((b, t, h, hd))?;
         let k = self.k_proj.forward(x, ctx)?.reshape((b, t, kvh, hd))?;
         let v = self.v_proj.forward(x, ctx)?.reshape((b, t, kvh, hd))?;
-        let q = self.norm(&self.q_norm, &q, train)?.transpose(1, 2)?; // [B, H, T, D]
-        let k = self.norm(&self.k_norm, &k, train)?.transpose(1, 2)?; // [B, KV, T, D]
+        let q = self.norm(&self.q_norm, &q, train)?; // [B, T, H, D]
+        let k = self.norm(&self.k_norm, &k, train)?; // [B, T, KV, D]
         let v = v.transpose(1, 2)?.contiguous()?; // [B, KV, T, D]
         let (q, k) = if train {
-            (rope.apply_train(&q, cos, sin)?, rope.apply_train(&k, cos, sin)?)
+            // rotate in [B, T, H, D], then lay out per head
+            let q = rope.apply_train_bthd(&q, cos, sin)?.transpose(1, 2)?.contiguous()?;
+            let k = rope.apply_train_bthd(&k, cos, sin)?.transpose(1, 2)?.contiguous()?;
+            (q, k)
         } else {
-            (rope.apply(&q, cos, sin)?, rope.apply(&k, cos, sin)?)
+            (rope.apply(&q.transpose(1, 2)?, cos, sin)?, rope.apply(&k.transpose(1, 2)?, cos, sin)?)
         };
         let (k, v) = match kv {
             None => (k, v),
@@ -85,21 +91,31 @@ impl Attention {
                 (k, v)
             }
         };
+        // Grouped-query attention without repeat_kv: query head h = kv·rep + r, so q [B, H, T, D]
+        // is (free view) [B, KV, rep·T, D]; one matmul per kv head covers its `rep` query heads and
+        // the k/v gradients are summed over the group by the matmul itself.
         let rep = h / kvh;
-        let k = repeat_kv(&k, rep)?; // [B, H, S, D]
-        let v = repeat_kv(&v, rep)?;
-        let scores = (q.contiguous()?.matmul(&k.t()?)? * (1.0 / (hd as f64).sqrt()))?; // [B, H, T, S]
-        let scores = match mask {
-            Some(m) => scores.broadcast_add(m)?,
-            None => scores,
+        let s = k.dim(2)?;
+        let qg = q.contiguous()?.reshape((b, kvh, rep * t, hd))?;
+        let scale = 1.0 / (hd as f64).sqrt();
+        let scores = qg.matmul(&k.t()?)?; // [B, KV, rep·T, S], unscaled
+        let probs = match mask {
+            AttnMask::Additive(m) => {
+                // [T, S] or [B, 1, T, S] → broadcast over (kv, rep) in [B, KV, rep, T, S]
+                let m = if m.rank() == 4 { m.unsqueeze(2)? } else { m.clone() };
+                let scores =
+                    (scores * scale)?.reshape((b, kvh, rep, t, s))?.broadcast_add(&m)?.reshape((b, kvh, rep * t, s))?;
+                if train {
+                    softmax_train(&scores)?
+                } else {
+                    candle_nn::ops::softmax_last_dim(&scores)?
+                }
+            }
+            AttnMask::None => ops::softmax_scaled(&scores, scale, None)?,
+            AttnMask::Causal { offset } => ops::softmax_scaled(&scores, scale, Some((t, offset)))?,
         };
-        let probs = if train {
-            let p = softmax_train(&scores)?;
-            ctx.dropout(&p, self.dropout)?
-        } else {
-            candle_nn::ops::softmax_last_dim(&scores)?
-        };
-        let y = probs.matmul(&v)?; // [B, H, T, D]
+        let probs = if train { ctx.dropout(&probs, self.dropout)? } else { probs };
+        let y = probs.matmul(&v.contiguous()?)?.reshape((b, h, t, hd))?; // [B, KV, rep·T, D] = [B, H, T, D]
         let y = y.transpose(1, 2)?.reshape((b, t, h * hd))?;
         let y = self.o_proj.forward(&y, ctx)?;
         ctx.dropout(&y, self.dropout)

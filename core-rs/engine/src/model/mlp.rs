@@ -9,7 +9,7 @@
 //! Summed over MoE layers. Experts that receive no token get no gradient entry.
 use candle_core::{DType, Tensor};
 
-use super::attention::softmax_train;
+use crate::ops;
 use super::dropout::ForwardCtx;
 use super::linear::{matmul_t, Linear};
 use crate::Result;
@@ -24,9 +24,9 @@ pub struct Mlp {
 impl Mlp {
     /// x: [..., hidden] → [..., hidden]
     pub fn forward(&self, x: &Tensor, ctx: &mut ForwardCtx) -> Result<Tensor> {
-        let g = self.gate_proj.forward(x, ctx)?.silu()?;
+        let g = self.gate_proj.forward(x, ctx)?;
         let u = self.up_proj.forward(x, ctx)?;
-        self.down_proj.forward(&(g * u)?, ctx)
+        self.down_proj.forward(&ops::swiglu(&g, &u)?, ctx)
     }
 }
 
@@ -55,7 +55,7 @@ impl MoeMlp {
         let n = b * t;
         let e_count = self.experts.len();
         let xf = x.reshape((n, hdim))?;
-        let probs = softmax_train(&matmul_t(&xf, &self.gate)?)?; // [N, E]
+        let probs = ops::softmax_scaled(&matmul_t(&xf, &self.gate)?, 1.0, None)?; // [N, E]
         let host: Vec<Vec<f32>> = probs.to_vec2()?;
         let mut sel = vec![0f32; n * e_count];
         let mut tokens_of: Vec<Vec<u32>> = vec![vec![]; e_count];

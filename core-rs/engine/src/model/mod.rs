@@ -4,8 +4,9 @@
 //!   seed v1's interleaved pairs), optional QK-norm (minimind-3 / Qwen3), dense SwiGLU or MoE with
 //!   shared experts, tied or separate LM head, YaRN scaling for long inference.
 //! - Parameters live in a `candle_nn::VarMap` (f32) under Hugging Face tensor names.
-//! - Two forwards: [`Model::forward_train`] uses only differentiable ops (hand-written RMSNorm,
-//!   RoPE from narrow/cat/mul, exp/sum softmax); [`Model::forward`] uses candle's fused kernels
+//! - Two forwards: [`Model::forward_train`] uses only differentiable ops (on CPU f32 the fused
+//!   ops of [`crate::ops`] with their own backward: RMSNorm, RoPE, causal softmax, SwiGLU; candle
+//!   op chains elsewhere); [`Model::forward`] uses candle's fused kernels
 //!   and a [`Cache`] for incremental decoding.
 //! - [`lora`] adds low-rank adapters in their own VarMap; [`io`] loads and saves checkpoints.
 pub mod attention;

@@ -1,5 +1,5 @@
 //! RMSNorm: `w · x / sqrt(mean(x²) + eps)` over the last dim (computed in f32).
-use candle_core::{Tensor, D};
+use candle_core::Tensor;
 
 use crate::Result;
 
@@ -14,12 +14,11 @@ impl RmsNorm {
         RmsNorm { weight, eps }
     }
 
-    /// Differentiable composition (candle's fused `rms_norm` has no backward).
+    /// Differentiable (grads for x and weight): [`crate::ops::rms_norm`], a fused op with its own
+    /// backward on CPU f32 (candle's fused `rms_norm` has none), the op chain elsewhere.
     /// x: [..., dim] → [..., dim]
     pub fn forward_train(&self, x: &Tensor) -> Result<Tensor> {
-        let ms = x.sqr()?.mean_keepdim(D::Minus1)?; // [..., 1]
-        let inv = (ms + self.eps)?.sqrt()?.recip()?;
-        Ok(x.broadcast_mul(&inv)?.broadcast_mul(&self.weight)?)
+        crate::ops::rms_norm(x, &self.weight, self.eps)
     }
 
     /// Fused kernel for inference. x: [..., dim] → [..., dim]

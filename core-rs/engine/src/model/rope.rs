@@ -95,6 +95,15 @@ impl Rope {
         }
     }
 
+    /// Differentiable rotation in the projections' layout. x: [B, T, H, D] → [B, T, H, D]
+    /// (a fused op with its own backward on CPU f32; [`Rope::apply_train`] elsewhere).
+    pub fn apply_train_bthd(&self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+        if let Some(y) = crate::ops::rope_bthd(x, cos, sin, self.interleaved)? {
+            return Ok(y);
+        }
+        Ok(self.apply_train(&x.transpose(1, 2)?, cos, sin)?.transpose(1, 2)?)
+    }
+
     /// candle's fused kernels (no backward). x: [B, H, T, D] → [B, H, T, D]
     pub fn apply(&self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
         let x = x.contiguous()?;

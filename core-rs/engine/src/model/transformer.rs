@@ -3,8 +3,8 @@
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 
-use super::attention::Attention;
-use super::cache::{causal_mask, Cache};
+use super::attention::{AttnMask, Attention};
+use super::cache::Cache;
 use super::config::ModelConfig;
 use super::dropout::{DropoutSource, ForwardCtx};
 use super::linear::{matmul_t, Linear};
@@ -48,7 +48,7 @@ impl Block {
         rope: &Rope,
         cos: &Tensor,
         sin: &Tensor,
-        mask: Option<&Tensor>,
+        mask: AttnMask<'_>,
         kv: Option<&mut Option<(Tensor, Tensor)>>,
         ctx: &mut ForwardCtx,
     ) -> Result<(Tensor, Option<Tensor>)> {
@@ -267,16 +267,16 @@ impl Model {
     /// probabilities and attention output; LoRA dropout on adapter inputs) drawn from `dropout`.
     /// `None` = no dropout. RoPE uses the unscaled frequencies (YaRN is inference only).
     pub fn forward_train_with(&self, ids: &Tensor, dropout: Option<&mut dyn DropoutSource>) -> Result<(Tensor, Tensor)> {
+        crate::ops::alloc::tune_for_training();
         let (ids, b, t) = self.check_ids(ids, 0)?;
         let mut ctx = ForwardCtx::train(dropout);
         let dev = &self.device;
         let (cos, sin) = self.rope.tables(0, t, false, dev)?;
-        let mask = causal_mask(t, 0, dev)?; // [T, T]
         let mut x = self.embed(&ids, b, t)?;
         x = ctx.dropout(&x, self.cfg.dropout)?;
         let mut aux = Tensor::new(0f32, dev)?;
         for layer in &self.layers {
-            let (y, a) = layer.forward(&x, &self.rope, &cos, &sin, Some(&mask), None, &mut ctx)?;
+            let (y, a) = layer.forward(&x, &self.rope, &cos, &sin, AttnMask::Causal { offset: 0 }, None, &mut ctx)?;
             x = y;
             if let Some(a) = a {
                 aux = (aux + a)?;
@@ -314,10 +314,16 @@ impl Model {
         let mut ctx = ForwardCtx::inference();
         let dev = &self.device;
         let (cos, sin) = self.rope.tables(start_pos, t, true, dev)?;
-        let mask = cache.mask(b, t, start_pos, dev)?;
+        let padded = cache.left_padding().iter().any(|&p| p > 0);
+        let add_mask = if padded { cache.mask(b, t, start_pos, dev)? } else { None };
+        let mask = match &add_mask {
+            Some(m) => AttnMask::Additive(m),
+            None if t == 1 => AttnMask::None,
+            None => AttnMask::Causal { offset: start_pos },
+        };
         let mut x = self.embed(&ids, b, t)?;
         for (layer, slot) in self.layers.iter().zip(cache.layers.iter_mut()) {
-            x = layer.forward(&x, &self.rope, &cos, &sin, mask.as_ref(), Some(slot), &mut ctx)?.0;
+            x = layer.forward(&x, &self.rope, &cos, &sin, mask, Some(slot), &mut ctx)?.0;
         }
         cache.advance(t);
         self.norm.forward(&x)

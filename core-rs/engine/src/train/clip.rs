@@ -1,5 +1,6 @@
 //! Global-norm gradient clipping with PyTorch's `clip_grad_norm_` semantics.
-use candle_core::{backprop::GradStore, DType, Tensor, Var};
+use candle_core::{backprop::GradStore, CpuStorage, CustomOp1, DType, Layout, Shape, Tensor, Var};
+use rayon::prelude::*;
 
 use crate::Result;
 
@@ -9,7 +10,12 @@ pub fn global_grad_norm(grads: &GradStore, vars: &[Var]) -> Result<f64> {
     let mut parts = Vec::new();
     for v in vars {
         if let Some(g) = grads.get(v.as_tensor()) {
-            parts.push(g.to_dtype(DType::F64)?.sqr()?.sum_all()?);
+            if g.device().is_cpu() && g.dtype() == DType::F32 {
+                // one pass over the f32 data, squares summed in f64 (no f64 copy of the tensor)
+                parts.push(g.contiguous()?.apply_op1_no_bwd(&SumSquaresF64)?);
+            } else {
+                parts.push(g.to_dtype(DType::F64)?.sqr()?.sum_all()?);
+            }
         }
     }
     if parts.is_empty() {
@@ -42,4 +48,23 @@ pub fn scale_grads(grads: &mut GradStore, vars: &[Var], factor: f64) -> Result<(
         }
     }
     Ok(())
+}
+
+/// Σ x² of a contiguous f32 tensor as an f64 scalar: each square and sum in f64, over fixed
+/// blocks summed in block order (deterministic for any thread count).
+struct SumSquaresF64;
+
+impl CustomOp1 for SumSquaresF64 {
+    fn name(&self) -> &'static str {
+        "sum-squares-f64"
+    }
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let CpuStorage::F32(d) = s else { candle_core::bail!("sum-squares-f64: expected f32") };
+        let Some((a, b)) = l.contiguous_offsets() else { candle_core::bail!("sum-squares-f64: expected contiguous") };
+        let parts: Vec<f64> = d[a..b]
+            .par_chunks(1 << 14)
+            .map(|c| c.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>())
+            .collect();
+        Ok((CpuStorage::F64(vec![parts.iter().sum()]), Shape::from(())))
+    }
 }

@@ -1,4 +1,5 @@
-//! Training losses built only from differentiable candle ops (no fused softmax: it drops gradients).
+//! Training losses built only from differentiable ops (candle's fused softmax drops gradients;
+//! on CPU f32 the token log-probs use [`crate::ops::token_logprobs_fused`], which has a backward).
 //!
 //! Shapes: `logits [B, T, V]` (any float dtype; computed in f32 when half precision),
 //! `targets [B, T]` u32, `mask [B, T]` float. A position counts when `mask > 0`; counted positions
@@ -49,7 +50,17 @@ pub fn log_softmax_last(x: &Tensor) -> Result<Tensor> {
 
 /// `log p(target)` at every position, `[B, T]` f32. Computed as `x[target] − logsumexp(x)`,
 /// which never materialises the full `[B, T, V]` log-softmax.
+/// On CPU f32 this is one fused op ([`crate::ops::token_logprobs_fused`]) with its own backward.
 pub fn token_logprobs(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    let logits = as_f32(logits)?;
+    if let Some(lp) = crate::ops::token_logprobs_fused(&logits, targets)? {
+        return Ok(lp);
+    }
+    token_logprobs_reference(&logits, targets)
+}
+
+/// [`token_logprobs`] from candle ops only (gather and a composed log-sum-exp).
+pub fn token_logprobs_reference(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
     let logits = as_f32(logits)?;
     let picked = logits.gather(&targets.unsqueeze(D::Minus1)?.contiguous()?, D::Minus1)?;
     Ok(picked.broadcast_sub(&logsumexp_last(&logits)?)?.squeeze(D::Minus1)?)

@@ -28,7 +28,7 @@ pub use clip::{clip_grad_norm, global_grad_norm, scale_grads};
 pub use gradcheck::{check_gradients, GradCheckConfig, GradCheckReport, VarReport, VarStatus};
 pub use loss::{
     distill_loss, dpo_loss, log_softmax_last, masked_cross_entropy, masked_cross_entropy_sum, sequence_logprobs,
-    token_logprobs, DistillLoss, DpoMetrics, MaskedLossSum,
+    token_logprobs, token_logprobs_reference, DistillLoss, DpoMetrics, MaskedLossSum,
 };
 pub use optim::{default_decay, params_from_varmap, AdamW, AdamWConfig, Param, StepStats};
 pub use rng::{Rng, RngState};

@@ -12,7 +12,8 @@
 //! β = (0.9, 0.999), ε = 1e-8, wd = 0.01. The moments are kept in f32 whatever the param dtype.
 use std::collections::HashMap;
 
-use candle_core::{backprop::GradStore, DType, Tensor, Var};
+use candle_core::{backprop::GradStore, CpuStorage, DType, InplaceOp2, InplaceOp3, Layout, Tensor, Var};
+use rayon::prelude::*;
 use candle_nn::VarMap;
 use serde::{Deserialize, Serialize};
 
@@ -171,6 +172,40 @@ impl AdamW {
             if g.shape() != p.var.shape() {
                 return Err(Error::tensor(&p.name, format!("gradient shape {:?} != parameter shape {:?}", g.shape(), p.var.shape())));
             }
+            let fused = g.device().is_cpu()
+                && g.dtype() == DType::F32
+                && p.var.dtype() == DType::F32
+                && g.is_contiguous()
+                && p.var.is_contiguous();
+            if fused {
+                // Same arithmetic as the tensor-op path below, element by element, in place:
+                // no temporaries (the moments are owned by the optimizer, never shared).
+                let m = match st.m.take() {
+                    Some(m) => m,
+                    None => g.zeros_like()?,
+                };
+                let v = match st.v.take() {
+                    Some(v) => v,
+                    None => g.zeros_like()?,
+                };
+                m.inplace_op2(g, &MomentUpdate { beta: beta1 as f32, one_minus: (1.0 - beta1) as f32, square: false })?;
+                v.inplace_op2(g, &MomentUpdate { beta: beta2 as f32, one_minus: (1.0 - beta2) as f32, square: true })?;
+                st.step += 1;
+                let t = st.step as i32;
+                let bc1 = 1.0 - beta1.powi(t);
+                let bc2 = 1.0 - beta2.powi(t);
+                let op = ParamUpdate {
+                    decay: (p.decay && weight_decay != 0.0).then_some((1.0 - lr * weight_decay) as f32),
+                    inv_sqrt_bc2: (1.0 / bc2.sqrt()) as f32,
+                    eps: eps as f32,
+                    step: (lr / bc1) as f32,
+                };
+                p.var.as_tensor().inplace_op3(&m, &v, &op)?;
+                st.m = Some(m);
+                st.v = Some(v);
+                stats.updated += 1;
+                continue;
+            }
             let g = g.detach().to_dtype(DType::F32)?;
             let mut w = p.var.as_tensor().detach().to_dtype(DType::F32)?;
             if p.decay && weight_decay != 0.0 {
@@ -207,8 +242,9 @@ impl AdamW {
         let mut params = Vec::with_capacity(self.params.len());
         for (p, st) in self.params.iter().zip(&self.state) {
             if let (Some(m), Some(v)) = (&st.m, &st.v) {
-                tensors.insert(format!("{}.exp_avg", p.name), m.clone());
-                tensors.insert(format!("{}.exp_avg_sq", p.name), v.clone());
+                // copies: the moments are updated in place by later steps
+                tensors.insert(format!("{}.exp_avg", p.name), m.copy()?);
+                tensors.insert(format!("{}.exp_avg_sq", p.name), v.copy()?);
             }
             params.push(ParamMeta { name: p.name.clone(), shape: p.var.dims().to_vec(), step: st.step, decay: p.decay });
         }
@@ -248,7 +284,8 @@ impl AdamW {
                         &key,
                         format!("shape {:?} != parameter shape {:?}", t.dims(), p.var.dims()),
                     )),
-                    Some(t) => Ok(Some(t.to_device(p.var.device())?.to_dtype(DType::F32)?)),
+                    // own copy: the moments are updated in place
+                    Some(t) => Ok(Some(t.to_device(p.var.device())?.to_dtype(DType::F32)?.contiguous()?.copy()?)),
                 }
             };
             let (m, v) = (fetch("exp_avg")?, fetch("exp_avg_sq")?);
@@ -267,6 +304,102 @@ impl AdamW {
         }
         self.state = restored;
         self.steps = meta.steps;
+        Ok(())
+    }
+}
+
+/// The contiguous f32 slice of an in-place destination.
+fn f32_mut<'a>(s: &'a mut CpuStorage, l: &Layout, op: &str) -> candle_core::Result<&'a mut [f32]> {
+    let CpuStorage::F32(d) = s else { candle_core::bail!("{op}: expected f32 storage") };
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&mut d[a..b]),
+        None => candle_core::bail!("{op}: expected a contiguous tensor"),
+    }
+}
+
+fn f32_ref<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> candle_core::Result<&'a [f32]> {
+    let CpuStorage::F32(d) = s else { candle_core::bail!("{op}: expected f32 storage") };
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&d[a..b]),
+        None => candle_core::bail!("{op}: expected a contiguous tensor"),
+    }
+}
+
+const CHUNK: usize = 1 << 14;
+
+/// `m ← β·m + (1 − β)·g` (or `g²` when `square`), in place.
+struct MomentUpdate {
+    beta: f32,
+    one_minus: f32,
+    square: bool,
+}
+
+impl InplaceOp2 for MomentUpdate {
+    fn name(&self) -> &'static str {
+        "adamw-moment"
+    }
+    fn cpu_fwd(&self, s1: &mut CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<()> {
+        let m = f32_mut(s1, l1, self.name())?;
+        let g = f32_ref(s2, l2, self.name())?;
+        if m.len() != g.len() {
+            candle_core::bail!("adamw-moment: size mismatch");
+        }
+        let (b, c) = (self.beta, self.one_minus);
+        if self.square {
+            m.par_chunks_mut(CHUNK).zip(g.par_chunks(CHUNK)).for_each(|(m, g)| {
+                for (mi, &gi) in m.iter_mut().zip(g) {
+                    *mi = *mi * b + (gi * gi) * c;
+                }
+            });
+        } else {
+            m.par_chunks_mut(CHUNK).zip(g.par_chunks(CHUNK)).for_each(|(m, g)| {
+                for (mi, &gi) in m.iter_mut().zip(g) {
+                    *mi = *mi * b + gi * c;
+                }
+            });
+        }
+        Ok(())
+    }
+}
+
+/// `w ← w·decay − step · m / (√v · inv_sqrt_bc2 + ε)`, in place.
+struct ParamUpdate {
+    decay: Option<f32>,
+    inv_sqrt_bc2: f32,
+    eps: f32,
+    step: f32,
+}
+
+impl InplaceOp3 for ParamUpdate {
+    fn name(&self) -> &'static str {
+        "adamw-update"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &mut CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<()> {
+        let w = f32_mut(s1, l1, self.name())?;
+        let m = f32_ref(s2, l2, self.name())?;
+        let v = f32_ref(s3, l3, self.name())?;
+        if w.len() != m.len() || w.len() != v.len() {
+            candle_core::bail!("adamw-update: size mismatch");
+        }
+        let (c, eps, k) = (self.inv_sqrt_bc2, self.eps, self.step);
+        let decay = self.decay;
+        w.par_chunks_mut(CHUNK).zip(m.par_chunks(CHUNK).zip(v.par_chunks(CHUNK))).for_each(|(w, (m, v))| {
+            for ((wi, &mi), &vi) in w.iter_mut().zip(m).zip(v) {
+                let base = match decay {
+                    Some(d) => *wi * d,
+                    None => *wi,
+                };
+                *wi = base - (mi / (vi.sqrt() * c + eps)) * k;
+            }
+        });
         Ok(())
     }
 }
