@@ -12,8 +12,7 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor, Var};
 
-use crate::model::attention::Attention;
-use crate::model::cache::causal_mask;
+use crate::model::attention::{Attention, AttnMask};
 use crate::model::dropout::ForwardCtx;
 use crate::model::linear::{matmul_t, Linear};
 use crate::model::norm::RmsNorm;
@@ -157,11 +156,10 @@ pub fn attention(dev: &Device, s: AttentionShape, x: &[f32], wq: &[f32], wk: &[f
     };
     let rope = rope_for(head_dim, theta, false)?;
     let (cos, sin) = rope.tables(0, tl, false, dev)?;
-    let mask = causal_mask(tl, 0, dev)?;
     let x = t(x, &[b, tl, hidden], dev)?;
     let (y, op_ns) = timed(dev, || {
         let mut ctx = ForwardCtx::train(None);
-        attn.forward(&x, &rope, &cos, &sin, Some(&mask), None, &mut ctx)
+        attn.forward(&x, &rope, &cos, &sin, AttnMask::Causal { offset: 0 }, None, &mut ctx)
     })?;
     Ok(Timed { out: host(&y)?, op_ns })
 }
