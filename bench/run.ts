@@ -34,6 +34,7 @@ const suites: Record<string, () => Promise<Suite>> = {
   kernels: async () => (await import("./kernels.ts")).kernelSuite,
   tokenizer: async () => (await import("./tokenizer.ts")).tokenizerSuite,
   model: async () => (await import("./model.ts")).modelSuite,
+  pipeline: async () => (await import("./pipeline.ts")).pipelineSuite,
 }
 for (const [name, file, fn] of [
   ["serve", "serve.ts", "serveSuite"],
