@@ -7,10 +7,6 @@ import { afterAll, expect, test } from "bun:test"
 import { closeSync, mkdtempSync, openSync, rmSync, statSync, writeSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
-import { Effect, Stream } from "effect"
-import { BadRecordLog } from "../src/data/bad-records.ts"
-import { readRecords } from "../src/data/read.ts"
-import { validateRecords } from "../src/data/records.ts"
 
 const dir = mkdtempSync(join(tmpdir(), "bunmind-data-memory-"))
 afterAll(() => rmSync(dir, { recursive: true, force: true }))
@@ -42,28 +38,9 @@ test(
     const bytes = statSync(path).size
     expect(bytes).toBeGreaterThanOrEqual(TARGET_BYTES)
 
-    Bun.gc(true)
-    const baseline = process.memoryUsage().rss
-    let peak = baseline
-    let count = 0
-    const samples: number[] = []
-    const bad = new BadRecordLog({ mode: "fail" })
-    await Effect.runPromise(
-      readRecords(path, { bad }).pipe(
-        validateRecords("sft", bad),
-        Stream.runForEachArray((chunk) =>
-          Effect.sync(() => {
-            count += chunk.length
-            if (count % 50_000 < chunk.length) {
-              const rss = process.memoryUsage().rss
-              samples.push(rss)
-              peak = Math.max(peak, rss)
-            }
-          }),
-        ),
-      ),
-    )
-    peak = Math.max(peak, process.memoryUsage().rss)
+    const child = Bun.spawnSync([process.execPath, join(import.meta.dir, "helpers", "count-jsonl.ts"), path], { stderr: "pipe" })
+    if (child.exitCode !== 0) throw new Error(child.stderr.toString())
+    const { count, baseline, peak, samples } = JSON.parse(child.stdout.toString()) as { count: number; baseline: number; peak: number; samples: number[] }
     expect(count).toBe(blocks * lines.length)
     const growth = (peak - baseline) / MiB
     console.log(`data-memory: ${(bytes / MiB).toFixed(0)} MiB, ${count} records, RSS growth ${growth.toFixed(0)} MiB`)
