@@ -186,7 +186,8 @@ export async function fetchModel(base: string | URL, onProgress?: (p: LoadProgre
   if (!mres.ok) throw new Error(`manifest.json: HTTP ${mres.status} at ${new URL("manifest.json", root).href}; is this a site written by \`bunmind export edge\`?`)
   const manifest = (await mres.json()) as Manifest
   if (manifest.format !== "bunmind-edge") throw new Error("manifest.json: not a bunmind edge manifest (format != bunmind-edge)")
-  const cache = useCache ? await openCache() : undefined
+  // The Cache API only takes http(s) URLs (Deno rejects file: ones): a site read from disk is not cached.
+  const cache = useCache && /^https?:$/.test(root.protocol) ? await openCache() : undefined
   const names = { tokenizer: "tokenizer", config: "config", weights: "weights", tokenizerConfig: "tokenizer_config" } as const
   const fresh: Array<[string, Uint8Array]> = []
   const sources = {} as FetchedModel["sources"]
@@ -210,7 +211,14 @@ export async function fetchModel(base: string | URL, onProgress?: (p: LoadProgre
   const files = Object.fromEntries(entries) as unknown as ModelFiles
   const commit = async () => {
     if (!cache) return
-    for (const [key, bytes] of fresh) await cache.put(key, new Response(bytes as BodyInit, { headers: { "content-length": String(bytes.length) } }))
+    for (const [key, bytes] of fresh) {
+      // Caching is an optimisation: a full or unavailable cache must not fail a model that loaded.
+      try {
+        await cache.put(key, new Response(bytes as BodyInit, { headers: { "content-length": String(bytes.length) } }))
+      } catch {
+        return
+      }
+    }
   }
   return { manifest, files, sources, commit }
 }
