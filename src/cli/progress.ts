@@ -10,10 +10,14 @@ export interface ProgressOptions {
   /** Minimum seconds between plain log lines when not on a TTY. */
   logEvery?: number
   stream?: NodeJS.WriteStream
+  /** Write nothing (library use, tests). */
+  quiet?: boolean
 }
 
+const sink = { isTTY: false, write: () => true } as unknown as NodeJS.WriteStream
+
 export class ProgressBar {
-  readonly #opts: Required<Omit<ProgressOptions, "total">> & { total?: number }
+  readonly #opts: Required<Omit<ProgressOptions, "total" | "quiet">> & { total?: number }
   readonly #start = performance.now()
   #lastLog = 0
   #lastLen = 0
@@ -21,7 +25,7 @@ export class ProgressBar {
   readonly tty: boolean
 
   constructor(opts: ProgressOptions) {
-    const stream = opts.stream ?? process.stderr
+    const stream = opts.quiet ? sink : (opts.stream ?? process.stderr)
     this.#opts = { format: (n) => String(n), logEvery: 5, ...opts, stream }
     this.tty = Boolean(stream.isTTY) && process.env.BUNMIND_PLAIN_PROGRESS !== "1"
   }

@@ -1,13 +1,18 @@
 /** `bunmind train <stage>` for pretrain / sft / lora / dpo / distill, and `bunmind lora merge`. */
-import { existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from "node:fs"
+import { existsSync, mkdirSync, readFileSync } from "node:fs"
 import { join, resolve } from "node:path"
 import { Effect, Option } from "effect"
 import { Command, Flag } from "effect/cli"
 import { loadModel, PRESETS } from "../model/model.ts"
-import { openTokenizerSync } from "../tokenizer/tokenizer.ts"
-import { runStage, type StageName, type StageOptions } from "../train/loop.ts"
+import { tokenizerVocabSize } from "../tokenizer/tokenizer.ts"
+import { distill } from "../train/distill.ts"
+import { dpo } from "../train/dpo.ts"
+import { copyTokenizer, type StageName, type StageOptions } from "../train/loop.ts"
+import { lora as loraStage } from "../train/lora.ts"
+import { pretrain } from "../train/pretrain.ts"
+import { sft } from "../train/sft.ts"
 import { STAGE_DEFAULTS, STAGE_INIT } from "../train/stages.ts"
-import { copyTokenizer } from "../train/loop.ts"
+import { writeJsonAtomic } from "../util/fs.ts"
 import { UsageError } from "./errors.ts"
 import { deviceFlag, parseDevice } from "./model.ts"
 
@@ -57,8 +62,7 @@ export function recordRun(runDir: string, stage: string, config: unknown): void 
   if (!prev.stages.includes(stage)) prev.stages.push(stage)
   prev.command = `bunmind ${process.argv.slice(2).join(" ")}`
   prev.config = { ...(prev.config ?? {}), [stage]: config }
-  writeFileSync(`${file}.tmp`, JSON.stringify(prev, null, 2) + "\n")
-  renameSync(`${file}.tmp`, file)
+  writeJsonAtomic(file, prev)
 }
 
 /** Builds the stage options from flags, the stage's upstream defaults and the run layout. */
@@ -75,10 +79,7 @@ export const stageOptions = (stage: StageName, a: Common, extra: Partial<StageOp
     let init: StageOptions["init"]
     if (Option.isSome(a.init)) init = { model: a.init.value }
     else if (preset) {
-      const tok = openTokenizerSync(tokenizer)
-      const vocab = tok.vocabSize
-      tok.free()
-      init = { preset, overrides: { vocab_size: vocab } }
+      init = { preset, overrides: { vocab_size: tokenizerVocabSize(tokenizer) } }
     } else {
       const from = STAGE_INIT[stage]
       const dir = join(runDir, from, "model")
@@ -138,13 +139,13 @@ const pretrainCmd = Command.make(
     Effect.gen(function* () {
       if (!PRESETS.includes(a.preset as never)) return yield* Effect.fail(new UsageError({ message: `--preset ${a.preset}: unknown; choose one of ${PRESETS.join(", ")}` }))
       const o = yield* stageOptions("pretrain", a, {}, Option.isSome(a.init) ? undefined : a.preset)
-      yield* report(yield* runStage(o))
+      yield* report(yield* pretrain(o))
     }),
 ).pipe(Command.withDescription("pretrain a model on {\"text\"} documents (from scratch with --preset, or continue --init)"))
 
 const sftCmd = Command.make("sft", commonFlags, (a) =>
   Effect.gen(function* () {
-    yield* report(yield* runStage(yield* stageOptions("sft", a)))
+    yield* report(yield* sft(yield* stageOptions("sft", a)))
   }),
 ).pipe(Command.withDescription("full supervised fine-tuning on chat conversations (loss on assistant spans)"))
 
@@ -160,7 +161,7 @@ const loraCmd = Command.make(
   (a) =>
     Effect.gen(function* () {
       const lora = { r: a.rank, lora_alpha: get(a.loraAlpha, a.rank), lora_dropout: a.loraDropout, target_modules: a.targets.split(",").map((s) => s.trim()).filter(Boolean) }
-      yield* report(yield* runStage(yield* stageOptions("lora", a, { lora })))
+      yield* report(yield* loraStage({ ...(yield* stageOptions("lora", a, { lora })), lora }))
     }),
 ).pipe(Command.withDescription("train LoRA adapters only (base frozen); writes the adapters and a merged model"))
 
@@ -174,7 +175,7 @@ const dpoCmd = Command.make(
   (a) =>
     Effect.gen(function* () {
       const extra: Partial<StageOptions> = { objective: { kind: "dpo", beta: a.beta }, ...(Option.isSome(a.reference) ? { reference: a.reference.value } : {}) }
-      yield* report(yield* runStage(yield* stageOptions("dpo", a, extra)))
+      yield* report(yield* dpo({ ...(yield* stageOptions("dpo", a, extra)), beta: a.beta }))
     }),
 ).pipe(Command.withDescription("direct preference optimisation on {\"chosen\",\"rejected\"} pairs against a frozen reference"))
 
@@ -189,7 +190,7 @@ const distillCmd = Command.make(
   (a) =>
     Effect.gen(function* () {
       const extra: Partial<StageOptions> = { objective: { kind: "distill", alpha: a.alpha, temperature: a.temperature }, teacher: a.teacher }
-      yield* report(yield* runStage(yield* stageOptions("distill", a, extra)))
+      yield* report(yield* distill({ ...(yield* stageOptions("distill", a, extra)), alpha: a.alpha, temperature: a.temperature, teacher: a.teacher }))
     }),
 ).pipe(Command.withDescription("distil a teacher into the student: α·CE + (1−α)·T²·KL on assistant positions"))
 

@@ -12,7 +12,7 @@
 import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs"
 import { basename, dirname, join, resolve } from "node:path"
 import { Effect, Stream } from "effect"
-import { loadTokenizer } from "../tokenizer/tokenizer.ts"
+import { loadTokenizer, tokenizerFile } from "../tokenizer/tokenizer.ts"
 import { loadTokenizerConfig, type TokenizerConfig } from "../tokenizer/chat-template.ts"
 import type { AugmentOptions } from "./augment.ts"
 import { BadRecordLog, type OnBadRecord } from "./bad-records.ts"
@@ -60,7 +60,6 @@ export interface PrepareResult {
 
 export type PrepareError = BadRecord | DataReadError | ShardError
 
-const tokenizerFile = (p: string) => (existsSync(p) && statSync(p).isDirectory() ? join(p, "tokenizer.json") : p)
 
 const sha256 = (path: string) => new Bun.CryptoHasher("sha256").update(readFileSync(path)).digest("hex")
 

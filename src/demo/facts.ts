@@ -18,8 +18,9 @@
  * holding a person out removes them from fine-tuning in both languages.
  * Everything is drawn from a seeded generator; the same options give byte-identical files.
  */
-import { mkdirSync, renameSync, writeFileSync } from "node:fs"
+import { mkdirSync } from "node:fs"
 import { join } from "node:path"
+import { writeFileAtomic } from "../util/fs.ts"
 
 export type Lang = "en" | "zh"
 export const LANGS: readonly Lang[] = ["en", "zh"]
@@ -667,12 +668,6 @@ export const DEMO_FILES = {
 
 export const toJsonl = (rows: readonly unknown[]): string => rows.map((r) => JSON.stringify(r)).join("\n") + (rows.length ? "\n" : "")
 
-const writeAtomic = (file: string, text: string): void => {
-  const tmp = `${file}.tmp-${process.pid}`
-  writeFileSync(tmp, text)
-  renameSync(tmp, file)
-}
-
 /** Writes the four JSONL files into `dir` (created if missing); returns their paths. */
 export const writeDemoData = (dir: string, data: DemoData): { readonly [K in keyof typeof DEMO_FILES]: string } => {
   mkdirSync(dir, { recursive: true })
@@ -682,9 +677,9 @@ export const writeDemoData = (dir: string, data: DemoData): { readonly [K in key
     dpo: join(dir, DEMO_FILES.dpo),
     heldOut: join(dir, DEMO_FILES.heldOut),
   }
-  writeAtomic(paths.pretrain, toJsonl(data.pretrain))
-  writeAtomic(paths.sft, toJsonl(data.sft))
-  writeAtomic(paths.dpo, toJsonl(data.dpo))
-  writeAtomic(paths.heldOut, toJsonl(data.heldOut))
+  writeFileAtomic(paths.pretrain, toJsonl(data.pretrain))
+  writeFileAtomic(paths.sft, toJsonl(data.sft))
+  writeFileAtomic(paths.dpo, toJsonl(data.dpo))
+  writeFileAtomic(paths.heldOut, toJsonl(data.heldOut))
   return paths
 }

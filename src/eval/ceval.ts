@@ -19,8 +19,9 @@
  * `<subject>.csv`), or a directory of CSVs itself. C-Eval headers `id,question,A,B,C,D,answer` and
  * CMMLU headers `,Question,A,B,C,D,Answer` are both read (column names are case-insensitive).
  */
-import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, statSync, writeFileSync } from "node:fs"
+import { existsSync, mkdirSync, readdirSync, readFileSync, statSync } from "node:fs"
 import { basename, join } from "node:path"
+import { writeFileAtomic } from "../util/fs.ts"
 import { Data, Effect } from "effect"
 import type { Model } from "../model/model.ts"
 import { applyChatTemplate, type ChatMessage, type TokenizerConfig } from "../tokenizer/chat-template.ts"
@@ -395,11 +396,6 @@ export const RESULT_COLUMNS = ["id", "question", "answer", "model_answer", "corr
 /** `<out>/<subject>.csv` per subject and `<out>/summary.json` (each written atomically). */
 export function writeMcReport(outDir: string, report: McReport): void {
   mkdirSync(outDir, { recursive: true })
-  const write = (file: string, text: string) => {
-    const tmp = `${file}.tmp`
-    writeFileSync(tmp, text)
-    renameSync(tmp, file)
-  }
   for (const subject of Object.keys(report.summary.subjects)) {
     const lines = [RESULT_COLUMNS.join(",")]
     for (const r of report.results) {
@@ -407,9 +403,9 @@ export function writeMcReport(outDir: string, report: McReport): void {
       const q = r.question
       lines.push([q.id, q.question, q.answer, r.scored.predicted, r.correct ? 1 : 0, ...r.scored.probs].map(csvField).join(","))
     }
-    write(join(outDir, `${subject}.csv`), `${lines.join("\n")}\n`)
+    writeFileAtomic(join(outDir, `${subject}.csv`), `${lines.join("\n")}\n`)
   }
-  write(join(outDir, "summary.json"), `${JSON.stringify(report.summary, null, 2)}\n`)
+  writeFileAtomic(join(outDir, "summary.json"), `${JSON.stringify(report.summary, null, 2)}\n`)
 }
 
 /** Per-subject, per-category and total accuracy as a plain-text table. */

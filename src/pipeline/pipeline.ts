@@ -10,10 +10,11 @@
  * it names `init` (a model directory) or `preset` (from scratch).
  */
 import { createHash } from "node:crypto"
-import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs"
+import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs"
 import { dirname, isAbsolute, join, resolve } from "node:path"
 import { Data, Effect } from "effect"
 import { ProgressBar, fmtBytes } from "../cli/progress.ts"
+import { tokenizerVocabSize } from "../tokenizer/tokenizer.ts"
 import { trainTokenizer } from "../tokenizer/train.ts"
 import { runStage, type StageName, type StageOptions, type StageSummary } from "../train/loop.ts"
 import { STAGE_DEFAULTS } from "../train/stages.ts"
@@ -177,23 +178,17 @@ export const runPipeline = (cfg: PipelineConfig, opts: { quiet?: boolean } = {})
     let vocab: number
     if (cfg.tokenizer && "path" in cfg.tokenizer) {
       tokenizer = cfg.tokenizer.path
-      const { openTokenizerSync } = yield* Effect.promise(() => import("../tokenizer/tokenizer.ts"))
-      const t = openTokenizerSync(tokenizer)
-      vocab = t.vocabSize
-      t.free()
+      vocab = tokenizerVocabSize(tokenizer)
     } else {
       tokenizer = join(cfg.run, "tokenizer")
       const spec = cfg.tokenizer ?? { data: cfg.stages[0]!.data }
       const stamp = join(tokenizer, "bunmind-train.json")
       const want = hash(spec)
       if (existsSync(stamp) && JSON.parse(readFileSync(stamp, "utf8")).hash === want) {
-        const { openTokenizerSync } = yield* Effect.promise(() => import("../tokenizer/tokenizer.ts"))
-        const t = openTokenizerSync(tokenizer)
-        vocab = t.vocabSize
-        t.free()
+        vocab = tokenizerVocabSize(tokenizer)
         if (!opts.quiet) console.error(`[tokenizer] up to date (${tokenizer})`)
       } else {
-        const bar = new ProgressBar({ label: "tokenizer", format: fmtBytes, stream: opts.quiet ? quietStream : undefined })
+        const bar = new ProgressBar({ label: "tokenizer", format: fmtBytes, quiet: opts.quiet })
         const t = yield* trainTokenizer(
           { files: spec.data, vocabSize: spec.vocab_size ?? 6400, minFrequency: spec.min_frequency ?? 2, scheme: spec.scheme ?? "minimind", out: tokenizer },
           (p) => bar.update(p.bytes_read, { phase: p.phase }, p.phase === "reading" ? p.bytes_total : undefined),
@@ -221,7 +216,6 @@ export const runPipeline = (cfg: PipelineConfig, opts: { quiet?: boolean } = {})
       } else {
         // A changed config invalidates an old checkpoint of this stage.
         if (existsSync(stampFile) && JSON.parse(readFileSync(stampFile, "utf8")).hash !== want) {
-          const { rmSync } = yield* Effect.promise(() => import("node:fs"))
           rmSync(stageDir, { recursive: true, force: true })
         }
         mkdirSync(stageDir, { recursive: true })
@@ -233,5 +227,3 @@ export const runPipeline = (cfg: PipelineConfig, opts: { quiet?: boolean } = {})
     }
     return { run: cfg.run, stages: results } satisfies PipelineResult
   })
-
-const quietStream = { isTTY: false, write: () => true } as unknown as NodeJS.WriteStream

@@ -121,6 +121,16 @@ export function openTokenizerSync(path: string, native: NativeLib = loadNativeSy
   return new Tokenizer(native, box[0]!, tokenizerFile(path))
 }
 
+/** The vocabulary size of the tokenizer at `path` (opened and freed again). */
+export function tokenizerVocabSize(path: string, native?: NativeLib): number {
+  const t = openTokenizerSync(path, native)
+  try {
+    return t.vocabSize
+  } finally {
+    t.free()
+  }
+}
+
 /** Loads a tokenizer whose native handle is released when the surrounding scope closes. */
 export const loadTokenizer = (
   path: string,

@@ -3,11 +3,12 @@
  * progress. Interrupting the effect (Ctrl-C) cancels the native job and frees it.
  */
 import { ptr } from "bun:ffi"
-import { mkdirSync, renameSync, writeFileSync } from "node:fs"
+import { mkdirSync } from "node:fs"
 import { join, resolve } from "node:path"
 import { Duration, Effect } from "effect"
 import { NativeError } from "../native/errors.ts"
 import { loadNativeSync, ptrOf, utf8, type NativeLib } from "../native/library.ts"
+import { writeJsonAtomic } from "../util/fs.ts"
 import { tokenizerConfigFor } from "./templates.ts"
 import { Tokenizer, type TokenizerError } from "./tokenizer.ts"
 
@@ -40,10 +41,7 @@ export class TokenizerTrainError extends Error {
 
 /** Writes `tokenizer_config.json` (special tokens + chat template) for a scheme, atomically. */
 export function writeTokenizerConfig(dir: string, scheme: Scheme): void {
-  const file = join(dir, "tokenizer_config.json")
-  const tmp = `${file}.tmp-${process.pid}`
-  writeFileSync(tmp, JSON.stringify(tokenizerConfigFor(scheme), null, 2) + "\n")
-  renameSync(tmp, file)
+  writeJsonAtomic(join(dir, "tokenizer_config.json"), tokenizerConfigFor(scheme))
 }
 
 /**

@@ -11,7 +11,7 @@
  * checkpoint of the last completed step, so `--resume` continues with the same data order,
  * optimizer state and RNG, and reproduces the uninterrupted loss sequence exactly.
  */
-import { appendFileSync, existsSync, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs"
+import { appendFileSync, existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs"
 import { join, resolve } from "node:path"
 import { Data, Effect, Exit } from "effect"
 import { BatchSampler, openShards, prepareShards, type AugmentOptions, type Batch, type DataKind, type SamplerState, type ShardSet } from "../data/index.ts"
@@ -19,6 +19,7 @@ import { ProgressBar, fmtNum } from "../cli/progress.ts"
 import { initModel, loadModel, type Model } from "../model/model.ts"
 import { openTrainer, type LoraOptions, type Objective, type StepResult, type Trainer } from "../model/trainer.ts"
 import type { Device } from "../native/library.ts"
+import { writeJsonAtomic as writeJson } from "../util/fs.ts"
 import { cosineLr } from "./schedule.ts"
 
 export type StageName = "pretrain" | "sft" | "lora" | "dpo" | "distill"
@@ -105,11 +106,6 @@ export interface MetricLine {
 
 const kindOf = (stage: StageName): DataKind => (stage === "pretrain" ? "pretrain" : stage === "dpo" ? "dpo" : "sft")
 
-const writeJson = (path: string, value: unknown) => {
-  const tmp = `${path}.tmp-${process.pid}`
-  writeFileSync(tmp, JSON.stringify(value, null, 2) + "\n")
-  renameSync(tmp, path)
-}
 
 /** Prepares (or reuses) the stage's shards. A directory with index.json is used as is. */
 const stageShards = (o: StageOptions, stageDir: string) =>
@@ -304,7 +300,7 @@ export const runStage = (o: StageOptions) =>
       return count ? sum / count : undefined
     }
 
-    const bar = new ProgressBar({ label: o.stage, total: totalSteps, logEvery: 10, stream: o.quiet ? ({ isTTY: false, write: () => true } as unknown as NodeJS.WriteStream) : undefined })
+    const bar = new ProgressBar({ label: o.stage, total: totalSteps, logEvery: 10, quiet: o.quiet })
     const t0 = performance.now()
     let last: StepResult | undefined
     let lastEval: number | undefined
