@@ -1,6 +1,8 @@
 //! bunmind engine: tokenizer, model family, training, generation. Plain Rust API; the C ABI lives
 //! in the `ffi` crate and the browser build in `wasm`.
 pub mod error;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod fast;
 pub mod generate;
 pub mod kernels;
 pub mod model;

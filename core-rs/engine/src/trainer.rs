@@ -124,6 +124,18 @@ pub struct StepResult {
     pub ce: Option<f64>,
 }
 
+/// True when the LM objective can train `model` through [`crate::fast::lm_step`]: a dense CPU
+/// f32 model without QK-norm, adapters or dropout, unless `BUNMIND_FAST_STEP=0`.
+#[cfg(not(target_arch = "wasm32"))]
+fn fast_step_applies(model: &Model) -> bool {
+    model.config().dropout == 0.0 && crate::fast::enabled() && crate::fast::unsupported(model).is_none()
+}
+
+#[cfg(target_arch = "wasm32")]
+fn fast_step_applies(_model: &Model) -> bool {
+    false
+}
+
 /// Dropout masks from the trainer's own RNG, so they are part of the resumable state.
 struct RngDropout<'a>(&'a mut Rng);
 
@@ -204,12 +216,19 @@ impl Trainer {
         let objective = self.cfg.objective.clone();
         let dropout_p = self.model.config().dropout;
         let n_micro = micro.len() as f64;
+        // The hand-written dense step (same arithmetic, no autograd graph) when it applies.
+        let use_fast = fast_step_applies(&self.model);
         let Trainer { model, reference, teacher, opt, rng, .. } = self;
         let report = train::train_step(opt, micro.iter(), lr, self.cfg.grad_clip, |batch: &Batch| {
             let (ids, targets, mask) = batch.tensors(&dev)?;
             let mut drop = RngDropout(rng);
             let src: Option<&mut dyn DropoutSource> = if dropout_p > 0.0 { Some(&mut drop) } else { None };
             match &objective {
+                Objective::Lm if use_fast => {
+                    let step = crate::fast::lm_step(model, &batch.ids, &batch.targets, &batch.mask, batch.b, batch.t)?;
+                    let loss = Tensor::new(step.loss_sum, &dev)?;
+                    Ok(MicroLoss { loss, weight: step.count as f64, grads: Some(step.grads) })
+                }
                 Objective::Lm => {
                     let (logits, aux) = model.forward_train_with(&ids, src)?;
                     let ce = masked_cross_entropy_sum(&logits, &targets, &mask)?;
@@ -217,7 +236,7 @@ impl Trainer {
                     // scaled by its coefficient) is weighted so that it averages over micro-batches.
                     let aux_w = (aux.clone() * (total_tokens / n_micro))?;
                     aux_total += aux.to_dtype(DType::F64)?.to_scalar::<f64>()? / n_micro;
-                    Ok(MicroLoss { loss: (ce.sum + aux_w)?, weight: ce.count as f64 })
+                    Ok(MicroLoss::new((ce.sum + aux_w)?, ce.count as f64))
                 }
                 Objective::Dpo { beta } => {
                     if batch.b % 2 != 0 {
@@ -231,7 +250,7 @@ impl Trainer {
                     let rlp = sequence_logprobs(&ref_logits.detach(), &targets, &mask)?.detach();
                     let (loss, m) = dpo_loss(&lp.narrow(0, 0, half)?, &lp.narrow(0, half, half)?, &rlp.narrow(0, 0, half)?, &rlp.narrow(0, half, half)?, *beta)?;
                     dpo_metrics = Some(m);
-                    Ok(MicroLoss { loss, weight: 1.0 })
+                    Ok(MicroLoss::new(loss, 1.0))
                 }
                 Objective::Distill { alpha, temperature } => {
                     let (logits, _) = model.forward_train_with(&ids, src)?;
@@ -241,7 +260,7 @@ impl Trainer {
                     let kl = d.kl.to_dtype(DType::F64)?.to_scalar::<f64>()?;
                     let ce = d.ce.to_dtype(DType::F64)?.to_scalar::<f64>()?;
                     kl_ce = Some((kl, ce));
-                    Ok(MicroLoss { loss: d.loss, weight: 1.0 })
+                    Ok(MicroLoss::new(d.loss, 1.0))
                 }
             }
         })?;

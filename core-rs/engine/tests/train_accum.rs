@@ -121,7 +121,7 @@ fn train_step_with_micro_batches_equals_one_big_step() {
         let parts = [rows(&d, 0, 1), rows(&d, 1, 2), rows(&d, 3, 1)];
         let report = train_step(&mut opt_small, parts.iter(), lr, Some(max_norm), |p| {
             let ls = masked_cross_entropy_sum(&small.forward(&p.x)?, &p.y, &p.mask)?;
-            Ok(MicroLoss { loss: ls.sum, weight: ls.count as f64 })
+            Ok(MicroLoss::new(ls.sum, ls.count as f64))
         })
         .unwrap();
         assert!(norm_big > max_norm, "clipping should be active");
@@ -155,7 +155,7 @@ fn mean_of_means_mode_matches_upstream_formula() {
     let mut opt = AdamW::new(vec![Param::new("proj.weight", m2.w.clone())], AdamWConfig { weight_decay: 0.0, ..Default::default() }).unwrap();
     let w_before = flat(m2.w.as_tensor());
     let r = train_step(&mut opt, parts.iter(), 1e-3, None, |p| {
-        Ok(MicroLoss { loss: masked_cross_entropy(&m2.forward(&p.x)?, &p.y, &p.mask)?, weight: 1.0 })
+        Ok(MicroLoss::new(masked_cross_entropy(&m2.forward(&p.x)?, &p.y, &p.mask)?, 1.0))
     })
     .unwrap();
     assert!((r.loss - want_loss).abs() < 1e-6);
@@ -174,7 +174,7 @@ fn train_step_skips_non_finite_and_rejects_empty() {
     let before = flat(m.w.as_tensor());
     let r = train_step(&mut opt, [()], 1e-2, Some(1.0), |_| {
         let l = (m.w.as_tensor().sum_all()? * f64::INFINITY)?;
-        Ok(MicroLoss { loss: l, weight: 1.0 })
+        Ok(MicroLoss::new(l, 1.0))
     })
     .unwrap();
     assert!(!r.applied && !r.grad_norm.is_finite());

@@ -42,10 +42,20 @@ use crate::Result;
 /// divided by the sum of `weight`s over the step.
 /// - token-mean over the whole step (exact "one big batch"): `loss = ce_sum`, `weight = count`;
 /// - upstream MiniMind (mean of per-micro-batch means): `loss = ce_mean + aux`, `weight = 1`.
-#[derive(Debug, Clone)]
+/// `grads`: the micro-batch's gradients when they were computed without autograd (the
+/// hand-written step in [`crate::fast`]); `loss` is then only read, not backpropagated.
+#[derive(Debug)]
 pub struct MicroLoss {
     pub loss: Tensor,
     pub weight: f64,
+    pub grads: Option<candle_core::backprop::GradStore>,
+}
+
+impl MicroLoss {
+    /// A loss to backpropagate.
+    pub fn new(loss: Tensor, weight: f64) -> Self {
+        MicroLoss { loss, weight, grads: None }
+    }
 }
 
 /// What [`train_step`] did.
@@ -74,10 +84,13 @@ where
     let mut accum = GradAccumulator::new(vars.clone());
     let (mut loss_sum, mut weight) = (0.0f64, 0.0f64);
     for batch in micro_batches {
-        let MicroLoss { loss, weight: w } = loss_fn(batch)?;
+        let MicroLoss { loss, weight: w, grads } = loss_fn(batch)?;
         loss_sum += loss.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
         weight += w;
-        accum.add(&loss.backward()?)?;
+        match grads {
+            Some(g) => accum.add(&g)?,
+            None => accum.add(&loss.backward()?)?,
+        }
     }
     let micro_batches = accum.micro_steps();
     if micro_batches == 0 || weight <= 0.0 {

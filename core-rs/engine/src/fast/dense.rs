@@ -1,0 +1,538 @@
+//! The LM training step of a dense decoder on CPU f32, forward and backward written out by hand
+//! (as llm.c does) instead of recorded by candle's autograd.
+//!
+//! Why: on a CPU the step is bound by matrix products, and candle's backprop adds work around
+//! each of them: a zero-filled output for every product, a zero tensor plus an add for every
+//! gradient it accumulates, copies of transposed operands, and full T×T attention scores of
+//! which the causal half is thrown away. Here every product goes straight to `gemm` with the
+//! operands' strides, gradients accumulate inside the product (`dst += a·b`), causal attention
+//! computes only the blocks on or below the diagonal, and the elementwise kernels are fused and
+//! vectorised ([`super::vmath`]). The arithmetic is the same as the candle graph's
+//! ([`crate::model::Model::forward_train`] + masked cross-entropy): tests compare every
+//! gradient with it and with finite differences.
+//!
+//! Scope: dense MLPs, no QK-norm, no LoRA, no dropout, CPU f32 ([`unsupported`] says why not).
+//! Everything else (MoE, adapters, dropout, DPO, distillation, CUDA) trains through autograd.
+use candle_core::{backprop::GradStore, CpuStorage, Device, Storage, Tensor};
+use rayon::prelude::*;
+
+use super::gemm::{mm, Mat, SendPtr};
+use super::vmath;
+use crate::model::mlp::FeedForward;
+use crate::model::Model;
+use crate::ops::uninit;
+use crate::{Error, Result};
+
+/// Rows of queries per causal attention block: each block multiplies against keys `0..end`.
+const ATTN_BLOCK: usize = 64;
+
+/// Why the hand-written step cannot train `model` (`None`: it can).
+pub fn unsupported(model: &Model) -> Option<String> {
+    let cfg = &model.cfg;
+    if !model.device.is_cpu() {
+        return Some("the model is not on the CPU".into());
+    }
+    if cfg.use_moe {
+        return Some("mixture-of-experts layers".into());
+    }
+    if cfg.use_qk_norm() || model.layers.iter().any(|l| l.self_attn.q_norm.is_some()) {
+        return Some("QK-norm".into());
+    }
+    if model.embed_tokens.dtype() != candle_core::DType::F32 {
+        return Some("weights are not f32".into());
+    }
+    for l in &model.layers {
+        if !matches!(l.mlp, FeedForward::Dense(_)) {
+            return Some("mixture-of-experts layers".into());
+        }
+        let a = &l.self_attn;
+        if [&a.q_proj, &a.k_proj, &a.v_proj, &a.o_proj].iter().any(|p| p.lora.is_some()) {
+            return Some("LoRA adapters".into());
+        }
+        if let FeedForward::Dense(m) = &l.mlp {
+            if [&m.gate_proj, &m.up_proj, &m.down_proj].iter().any(|p| p.lora.is_some()) {
+                return Some("LoRA adapters".into());
+            }
+        }
+    }
+    if model.lm_head.as_ref().is_some_and(|h| h.lora.is_some()) {
+        return Some("LoRA adapters".into());
+    }
+    None
+}
+
+/// What one micro-batch's step produced: Σ over counted positions of −log p(target), the count,
+/// and d(Σ)/dθ for every parameter (not divided by the count: the caller normalises the step).
+pub struct LmStep {
+    pub loss_sum: f64,
+    pub count: usize,
+    pub grads: GradStore,
+}
+
+/// A contiguous f32 CPU tensor's data, readable while the view lives.
+struct View<'a> {
+    guard: Box<dyn std::ops::Deref<Target = Storage> + 'a>,
+    start: usize,
+    len: usize,
+}
+
+impl<'a> View<'a> {
+    fn new(t: &'a Tensor, what: &str) -> Result<View<'a>> {
+        let (guard, layout) = t.storage_and_layout();
+        let (start, end) =
+            layout.contiguous_offsets().ok_or_else(|| Error::input(format!("fast step: `{what}` is not contiguous")))?;
+        if !matches!(&*guard, Storage::Cpu(CpuStorage::F32(_))) {
+            return Err(Error::input(format!("fast step: `{what}` is not an f32 CPU tensor")));
+        }
+        Ok(View { guard: Box::new(guard), start, len: end - start })
+    }
+    fn s(&self) -> &[f32] {
+        match &**self.guard {
+            Storage::Cpu(CpuStorage::F32(v)) => &v[self.start..self.start + self.len],
+            _ => unreachable!("checked in View::new"),
+        }
+    }
+}
+
+/// One layer's weights.
+struct LayerW<'a> {
+    n1: View<'a>,
+    wq: View<'a>,
+    wk: View<'a>,
+    wv: View<'a>,
+    wo: View<'a>,
+    n2: View<'a>,
+    wg: View<'a>,
+    wu: View<'a>,
+    wd: View<'a>,
+}
+
+/// What the backward needs from one layer's forward.
+struct Saved {
+    x: Vec<f32>,    // layer input [N, C]
+    inv1: Vec<f32>, // [N]
+    xn1: Vec<f32>,  // [N, C]
+    q: Vec<f32>,    // after RoPE [N, H·D]
+    k: Vec<f32>,    // after RoPE [N, KV·D]
+    v: Vec<f32>,    // [N, KV·D]
+    p: Vec<f32>,    // attention probabilities [B, H, T, T] (blocks on/below the diagonal)
+    y: Vec<f32>,    // attention output before o_proj [N, H·D]
+    mid: Vec<f32>,  // x + attention [N, C]
+    inv2: Vec<f32>, // [N]
+    xn2: Vec<f32>,  // [N, C]
+    g: Vec<f32>,    // gate pre-activation [N, F]
+    u: Vec<f32>,    // up [N, F]
+    a: Vec<f32>,    // silu(g)·u [N, F]
+}
+
+#[derive(Clone, Copy)]
+struct Dims {
+    b: usize,
+    t: usize,
+    n: usize,
+    c: usize,
+    h: usize,
+    kvh: usize,
+    d: usize,
+    f: usize,
+    v: usize,
+    eps: f32,
+    threads: usize,
+}
+
+impl Dims {
+    fn qd(&self) -> usize {
+        self.h * self.d
+    }
+    fn kd(&self) -> usize {
+        self.kvh * self.d
+    }
+}
+
+fn rows_per_task(len: usize) -> usize {
+    crate::ops::rows_per_task(len)
+}
+
+/// y = x·Wᵀ (w: [out, in]) → [rows, out]
+fn linear(x: &[f32], w: &[f32], rows: usize, inp: usize, out: usize, threads: usize) -> Vec<f32> {
+    let mut y = uninit(rows * out);
+    // SAFETY: x is [rows, inp], w is [out, inp], y is [rows, out]; y is fresh.
+    unsafe { mm(rows, out, inp, y.as_mut_ptr(), out, false, Mat::rows(x.as_ptr(), inp), Mat::t(w.as_ptr(), inp), threads) };
+    y
+}
+
+/// dx (+)= dy·W  (dy: [rows, out], w: [out, in], dx: [rows, in])
+fn linear_dx(dy: &[f32], w: &[f32], dx: &mut [f32], rows: usize, inp: usize, out: usize, acc: bool, threads: usize) {
+    // SAFETY: shapes as documented; dx is exclusively borrowed.
+    unsafe { mm(rows, inp, out, dx.as_mut_ptr(), inp, acc, Mat::rows(dy.as_ptr(), out), Mat::rows(w.as_ptr(), inp), threads) };
+}
+
+/// dW = dyᵀ·x  → [out, in]
+fn linear_dw(dy: &[f32], x: &[f32], rows: usize, inp: usize, out: usize, threads: usize) -> Vec<f32> {
+    let mut dw = uninit(out * inp);
+    // SAFETY: dy is [rows, out], x is [rows, inp], dw is fresh [out, inp].
+    unsafe { mm(out, inp, rows, dw.as_mut_ptr(), inp, false, Mat::t(dy.as_ptr(), out), Mat::rows(x.as_ptr(), inp), threads) };
+    dw
+}
+
+/// RMSNorm of every row → (y, inv per row)
+fn rms_fwd(x: &[f32], w: &[f32], c: usize, eps: f32) -> (Vec<f32>, Vec<f32>) {
+    let rows = x.len() / c;
+    let mut y = uninit(x.len());
+    let mut inv = uninit(rows);
+    let rpt = rows_per_task(c);
+    y.par_chunks_mut(c * rpt).zip(inv.par_chunks_mut(rpt)).zip(x.par_chunks(c * rpt)).for_each(|((yb, ib), xb)| {
+        for ((yr, iv), xr) in yb.chunks_mut(c).zip(ib.iter_mut()).zip(xb.chunks(c)) {
+            *iv = vmath::rmsnorm_row(xr, w, yr, eps);
+        }
+    });
+    (y, inv)
+}
+
+/// RMSNorm backward: dx += ∂/∂x (added to the residual gradient in place); returns dw.
+/// dw sums fixed blocks of rows in parallel, then the blocks in order (thread-count independent).
+fn rms_bwd(x: &[f32], w: &[f32], inv: &[f32], dy: &[f32], dx: &mut [f32], c: usize, acc: bool) -> Vec<f32> {
+    const BLOCK: usize = 64;
+    let partials: Vec<Vec<f32>> = dx
+        .par_chunks_mut(c * BLOCK)
+        .zip(x.par_chunks(c * BLOCK))
+        .zip(dy.par_chunks(c * BLOCK))
+        .zip(inv.par_chunks(BLOCK))
+        .map(|(((dxb, xb), dyb), ib)| {
+            let mut dw = vec![0f32; c];
+            for (((dxr, xr), dyr), &iv) in dxb.chunks_mut(c).zip(xb.chunks(c)).zip(dyb.chunks(c)).zip(ib) {
+                vmath::rmsnorm_bwd_row(xr, w, iv, dyr, dxr, &mut dw, acc);
+            }
+            dw
+        })
+        .collect();
+    let mut dw = vec![0f32; c];
+    for p in &partials {
+        for (a, &v) in dw.iter_mut().zip(p) {
+            *a += v;
+        }
+    }
+    dw
+}
+
+/// RoPE in place on every head of every row of `x` ([N, heads·D], position = row mod T).
+fn rope(x: &mut [f32], heads: usize, dm: &Dims, cos: &[f32], sin: &[f32], interleaved: bool, sign: f32) {
+    let (d, t) = (dm.d, dm.t);
+    let half = d / 2;
+    let w = heads * d;
+    let rpt = rows_per_task(w);
+    x.par_chunks_mut(w * rpt).enumerate().for_each(|(ci, xb)| {
+        for (ri, row) in xb.chunks_mut(w).enumerate() {
+            let pos = (ci * rpt + ri) % t;
+            let (c, s) = (&cos[pos * half..(pos + 1) * half], &sin[pos * half..(pos + 1) * half]);
+            for hv in row.chunks_mut(d) {
+                vmath::rope_row(hv, c, s, interleaved, sign);
+            }
+        }
+    });
+}
+
+/// (batch row, kv head) pairs: attention work units; each owns its kv head's dK/dV.
+fn attn_tasks(dm: &Dims) -> Vec<(usize, usize)> {
+    (0..dm.b).flat_map(|bi| (0..dm.kvh).map(move |g| (bi, g))).collect()
+}
+
+/// Causal attention forward → (probabilities [B, H, T, T], output [N, H·D]).
+fn attn_fwd(q: &[f32], k: &[f32], v: &[f32], dm: &Dims) -> (Vec<f32>, Vec<f32>) {
+    let (t, d, h, qd, kd) = (dm.t, dm.d, dm.h, dm.qd(), dm.kd());
+    let rep = dm.h / dm.kvh;
+    let scale = 1.0 / (d as f32).sqrt();
+    let mut p = uninit(dm.b * h * t * t);
+    let mut y = uninit(dm.n * qd);
+    let (pp, yp) = (SendPtr(p.as_mut_ptr()), SendPtr(y.as_mut_ptr()));
+    attn_tasks(dm).par_iter().for_each(|&(bi, g)| {
+        let (pp, yp) = (pp, yp);
+        for r in 0..rep {
+            let hh = g * rep + r;
+            // SAFETY: every pointer below stays inside its buffer: batch row bi, head hh (kv head
+            // g); tasks write disjoint (bi, hh) slices of p and y.
+            unsafe {
+                let qb = q.as_ptr().add(bi * t * qd + hh * d);
+                let kb = k.as_ptr().add(bi * t * kd + g * d);
+                let vb = v.as_ptr().add(bi * t * kd + g * d);
+                let pb = pp.0.add((bi * h + hh) * t * t);
+                let yb = yp.0.add(bi * t * qd + hh * d);
+                let mut r0 = 0;
+                while r0 < t {
+                    let r1 = (r0 + ATTN_BLOCK).min(t);
+                    let m = r1 - r0;
+                    // S = Q[r0..r1]·K[0..r1]ᵀ (unscaled; the softmax scales)
+                    mm(m, r1, d, pb.add(r0 * t), t, false, Mat::rows(qb.add(r0 * qd), qd), Mat::t(kb, kd), 1);
+                    for i in r0..r1 {
+                        vmath::softmax_row(std::slice::from_raw_parts_mut(pb.add(i * t), r1), i + 1, scale);
+                    }
+                    // Y[r0..r1] = P[r0..r1, 0..r1]·V[0..r1]
+                    mm(m, d, r1, yb.add(r0 * qd), qd, false, Mat::rows(pb.add(r0 * t), t), Mat::rows(vb, kd), 1);
+                    r0 = r1;
+                }
+            }
+        }
+    });
+    (p, y)
+}
+
+/// Causal attention backward → (dq, dk, dv) for post-RoPE q and k.
+fn attn_bwd(q: &[f32], k: &[f32], v: &[f32], p: &[f32], dy: &[f32], dm: &Dims) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let (t, d, h, qd, kd) = (dm.t, dm.d, dm.h, dm.qd(), dm.kd());
+    let rep = dm.h / dm.kvh;
+    let scale = 1.0 / (d as f32).sqrt();
+    let mut dq = uninit(dm.n * qd);
+    let mut dk = vec![0f32; dm.n * kd];
+    let mut dv = vec![0f32; dm.n * kd];
+    let (dqp, dkp, dvp) = (SendPtr(dq.as_mut_ptr()), SendPtr(dk.as_mut_ptr()), SendPtr(dv.as_mut_ptr()));
+    attn_tasks(dm).par_iter().for_each(|&(bi, g)| {
+        let (dqp, dkp, dvp) = (dqp, dkp, dvp);
+        let mut ds = uninit(ATTN_BLOCK.min(t) * t);
+        for r in 0..rep {
+            let hh = g * rep + r;
+            // SAFETY: as in attn_fwd; this task alone writes dq rows of head hh and the dk/dv
+            // columns of kv head g in batch row bi.
+            unsafe {
+                let qb = q.as_ptr().add(bi * t * qd + hh * d);
+                let kb = k.as_ptr().add(bi * t * kd + g * d);
+                let vb = v.as_ptr().add(bi * t * kd + g * d);
+                let pb = p.as_ptr().add((bi * h + hh) * t * t);
+                let dyb = dy.as_ptr().add(bi * t * qd + hh * d);
+                let dqb = dqp.0.add(bi * t * qd + hh * d);
+                let dkb = dkp.0.add(bi * t * kd + g * d);
+                let dvb = dvp.0.add(bi * t * kd + g * d);
+                let mut r0 = 0;
+                while r0 < t {
+                    let r1 = (r0 + ATTN_BLOCK).min(t);
+                    let m = r1 - r0;
+                    // dV[0..r1] += P[r0..r1, 0..r1]ᵀ · dY[r0..r1]
+                    mm(r1, d, m, dvb, kd, true, Mat::t(pb.add(r0 * t), t), Mat::rows(dyb.add(r0 * qd), qd), 1);
+                    // dP = dY[r0..r1]·V[0..r1]ᵀ, then dS = scale·P⊙(dP − Σ dP⊙P) in place
+                    mm(m, r1, d, ds.as_mut_ptr(), t, false, Mat::rows(dyb.add(r0 * qd), qd), Mat::t(vb, kd), 1);
+                    for i in r0..r1 {
+                        let prow = std::slice::from_raw_parts(pb.add(i * t), r1);
+                        vmath::softmax_bwd_row(prow, &mut ds[(i - r0) * t..(i - r0) * t + r1], i + 1, scale);
+                    }
+                    // dQ[r0..r1] = dS·K[0..r1];  dK[0..r1] += dSᵀ·Q[r0..r1]
+                    mm(m, d, r1, dqb.add(r0 * qd), qd, false, Mat::rows(ds.as_ptr(), t), Mat::rows(kb, kd), 1);
+                    mm(r1, d, m, dkb, kd, true, Mat::t(ds.as_ptr(), t), Mat::rows(qb.add(r0 * qd), qd), 1);
+                    r0 = r1;
+                }
+            }
+        }
+    });
+    (dq, dk, dv)
+}
+
+fn tensor(v: Vec<f32>, shape: &[usize]) -> Result<Tensor> {
+    Ok(Tensor::from_vec(v, shape, &Device::Cpu)?)
+}
+
+/// One micro-batch: ids/targets/mask row-major `[b, t]`.
+pub fn lm_step(model: &Model, ids: &[u32], targets: &[u32], mask: &[f32], b: usize, t: usize) -> Result<LmStep> {
+    if let Some(why) = unsupported(model) {
+        return Err(Error::input(format!("fast step: not available for this model ({why})")));
+    }
+    crate::ops::alloc::tune_for_training();
+    let cfg = &model.cfg;
+    let n = b * t;
+    if b == 0 || t == 0 || ids.len() != n || targets.len() != n || mask.len() != n {
+        return Err(Error::input(format!("fast step: ids/targets/mask must each hold b·t = {b}·{t} values")));
+    }
+    if t > cfg.max_position_embeddings {
+        return Err(Error::input(format!(
+            "sequence of {t} tokens exceeds max_position_embeddings {}",
+            cfg.max_position_embeddings
+        )));
+    }
+    let vocab = cfg.vocab_size;
+    if let Some((i, &id)) = ids.iter().enumerate().find(|(_, &id)| id as usize >= vocab) {
+        return Err(Error::input(format!("token id {id} at position {} (batch row {}) is out of range for vocab_size {vocab}", i % t, i / t)));
+    }
+    let counted: Vec<usize> = (0..n).filter(|&i| mask[i] > 0.0).collect();
+    if let Some(&i) = counted.iter().find(|&&i| targets[i] as usize >= vocab) {
+        return Err(Error::input(format!(
+            "target id {} at position {} (batch row {}) is out of range for vocab_size {vocab}",
+            targets[i],
+            i % t,
+            i / t
+        )));
+    }
+    let dm = Dims {
+        b,
+        t,
+        n,
+        c: cfg.hidden_size,
+        h: cfg.num_attention_heads,
+        kvh: cfg.kv_heads(),
+        d: cfg.head_dim(),
+        f: cfg.intermediate_size,
+        v: vocab,
+        eps: cfg.rms_norm_eps as f32,
+        threads: rayon::current_num_threads(),
+    };
+    let (c, qd, kd, f, th) = (dm.c, dm.qd(), dm.kd(), dm.f, dm.threads);
+
+    let (cos_t, sin_t) = model.rope.tables(0, t, false, &Device::Cpu)?;
+    let cos: Vec<f32> = cos_t.flatten_all()?.to_vec1()?;
+    let sin: Vec<f32> = sin_t.flatten_all()?.to_vec1()?;
+    let inter = cfg.rope_interleaved;
+
+    // Weights (read guards held for the whole step).
+    let emb = View::new(&model.embed_tokens, "embed_tokens")?;
+    let mut layers = Vec::with_capacity(model.layers.len());
+    for (i, l) in model.layers.iter().enumerate() {
+        let FeedForward::Dense(mlp) = &l.mlp else { unreachable!("checked by unsupported()") };
+        let a = &l.self_attn;
+        fn v<'a>(t: &'a Tensor, i: usize, what: &str) -> Result<View<'a>> {
+            View::new(t, &format!("layers.{i}.{what}"))
+        }
+        layers.push(LayerW {
+            n1: View::new(&l.input_layernorm.weight, "input_layernorm")?,
+            wq: v(&a.q_proj.weight, i, "q_proj")?,
+            wk: v(&a.k_proj.weight, i, "k_proj")?,
+            wv: v(&a.v_proj.weight, i, "v_proj")?,
+            wo: v(&a.o_proj.weight, i, "o_proj")?,
+            n2: View::new(&l.post_attention_layernorm.weight, "post_attention_layernorm")?,
+            wg: v(&mlp.gate_proj.weight, i, "gate_proj")?,
+            wu: v(&mlp.up_proj.weight, i, "up_proj")?,
+            wd: v(&mlp.down_proj.weight, i, "down_proj")?,
+        });
+    }
+    let norm_w = View::new(&model.norm.weight, "norm")?;
+    let head = match &model.lm_head {
+        Some(l) => View::new(&l.weight, "lm_head")?,
+        None => View::new(&model.embed_tokens, "embed_tokens")?,
+    };
+
+    // ---- forward
+    let mut x = uninit(n * c);
+    {
+        let e = emb.s();
+        x.par_chunks_mut(c).zip(ids.par_iter()).for_each(|(row, &id)| row.copy_from_slice(&e[id as usize * c..(id as usize + 1) * c]));
+    }
+    let mut saved: Vec<Saved> = Vec::with_capacity(layers.len());
+    for lw in &layers {
+        let (xn1, inv1) = rms_fwd(&x, lw.n1.s(), c, dm.eps);
+        let mut q = linear(&xn1, lw.wq.s(), n, c, qd, th);
+        let mut k = linear(&xn1, lw.wk.s(), n, c, kd, th);
+        let v = linear(&xn1, lw.wv.s(), n, c, kd, th);
+        rope(&mut q, dm.h, &dm, &cos, &sin, inter, 1.0);
+        rope(&mut k, dm.kvh, &dm, &cos, &sin, inter, 1.0);
+        let (p, y) = attn_fwd(&q, &k, &v, &dm);
+        let mut mid = x.clone();
+        // SAFETY: y [N, QD], wo [C, QD], mid [N, C].
+        unsafe { mm(n, c, qd, mid.as_mut_ptr(), c, true, Mat::rows(y.as_ptr(), qd), Mat::t(lw.wo.s().as_ptr(), qd), th) };
+        let (xn2, inv2) = rms_fwd(&mid, lw.n2.s(), c, dm.eps);
+        let g = linear(&xn2, lw.wg.s(), n, c, f, th);
+        let u = linear(&xn2, lw.wu.s(), n, c, f, th);
+        let mut a = uninit(n * f);
+        let rpt = rows_per_task(f) * f;
+        a.par_chunks_mut(rpt).zip(g.par_chunks(rpt)).zip(u.par_chunks(rpt)).for_each(|((ab, gb), ub)| vmath::swiglu_fwd(gb, ub, ab));
+        let mut out = mid.clone();
+        // SAFETY: a [N, F], wd [C, F], out [N, C].
+        unsafe { mm(n, c, f, out.as_mut_ptr(), c, true, Mat::rows(a.as_ptr(), f), Mat::t(lw.wd.s().as_ptr(), f), th) };
+        saved.push(Saved { x, inv1, xn1, q, k, v, p, y, mid, inv2, xn2, g, u, a });
+        x = out;
+    }
+    let (xnf, invf) = rms_fwd(&x, norm_w.s(), c, dm.eps);
+
+    // Head + cross-entropy on the counted rows only (the others get no gradient).
+    let m = counted.len();
+    let mut hn = uninit(m * c);
+    hn.par_chunks_mut(c).zip(counted.par_iter()).for_each(|(row, &i)| row.copy_from_slice(&xnf[i * c..(i + 1) * c]));
+    let mut logits = linear(&hn, head.s(), m, c, dm.v, th);
+    let mut losses = vec![0f32; m];
+    logits.par_chunks_mut(dm.v).zip(losses.par_iter_mut()).zip(counted.par_iter()).for_each(|((row, l), &i)| {
+        *l = vmath::xent_row(row, targets[i] as usize);
+    });
+    let loss_sum: f64 = losses.iter().map(|&l| l as f64).sum();
+
+    // ---- backward (d of the summed loss)
+    let dlogits = logits;
+    let mut dhn = uninit(m * c);
+    linear_dx(&dlogits, head.s(), &mut dhn, m, c, dm.v, false, th);
+    let d_head = linear_dw(&dlogits, &hn, m, c, dm.v, th); // [V, C]
+    drop(dlogits);
+    let mut dxnf = vec![0f32; n * c];
+    for (row, &i) in dhn.chunks(c).zip(&counted) {
+        dxnf[i * c..(i + 1) * c].copy_from_slice(row);
+    }
+    let mut dx = uninit(n * c);
+    let d_norm = rms_bwd(&x, norm_w.s(), &invf, &dxnf, &mut dx, c, false);
+    drop(dxnf);
+
+    let mut layer_grads: Vec<[Vec<f32>; 9]> = Vec::with_capacity(layers.len());
+    for (lw, s) in layers.iter().zip(saved.into_iter()).rev() {
+        let Saved { x, inv1, xn1, q, k, v, p, y, mid, inv2, xn2, mut g, mut u, a } = s;
+        // MLP: out = mid + a·Wdᵀ
+        let mut da = uninit(n * f);
+        linear_dx(&dx, lw.wd.s(), &mut da, n, f, c, false, th);
+        let d_wd = linear_dw(&dx, &a, n, f, c, th);
+        drop(a);
+        let rpt = rows_per_task(f) * f;
+        g.par_chunks_mut(rpt).zip(u.par_chunks_mut(rpt)).zip(da.par_chunks(rpt)).for_each(|((gb, ub), db)| vmath::swiglu_bwd(gb, ub, db));
+        drop(da);
+        let (dg, du) = (g, u);
+        let mut dxn2 = uninit(n * c);
+        linear_dx(&dg, lw.wg.s(), &mut dxn2, n, c, f, false, th);
+        linear_dx(&du, lw.wu.s(), &mut dxn2, n, c, f, true, th);
+        let d_wg = linear_dw(&dg, &xn2, n, c, f, th);
+        let d_wu = linear_dw(&du, &xn2, n, c, f, th);
+        drop((dg, du, xn2));
+        let d_n2 = rms_bwd(&mid, lw.n2.s(), &inv2, &dxn2, &mut dx, c, true);
+        drop((dxn2, mid));
+        // Attention: mid = x + y·Woᵀ
+        let mut dy = uninit(n * qd);
+        linear_dx(&dx, lw.wo.s(), &mut dy, n, qd, c, false, th);
+        let d_wo = linear_dw(&dx, &y, n, qd, c, th);
+        drop(y);
+        let (mut dq, mut dk, dv) = attn_bwd(&q, &k, &v, &p, &dy, &dm);
+        drop((q, k, v, p, dy));
+        rope(&mut dq, dm.h, &dm, &cos, &sin, inter, -1.0);
+        rope(&mut dk, dm.kvh, &dm, &cos, &sin, inter, -1.0);
+        let mut dxn1 = uninit(n * c);
+        linear_dx(&dq, lw.wq.s(), &mut dxn1, n, c, qd, false, th);
+        linear_dx(&dk, lw.wk.s(), &mut dxn1, n, c, kd, true, th);
+        linear_dx(&dv, lw.wv.s(), &mut dxn1, n, c, kd, true, th);
+        let d_wq = linear_dw(&dq, &xn1, n, c, qd, th);
+        let d_wk = linear_dw(&dk, &xn1, n, c, kd, th);
+        let d_wv = linear_dw(&dv, &xn1, n, c, kd, th);
+        drop((dq, dk, dv, xn1));
+        let d_n1 = rms_bwd(&x, lw.n1.s(), &inv1, &dxn1, &mut dx, c, true);
+        layer_grads.push([d_n1, d_wq, d_wk, d_wv, d_wo, d_n2, d_wg, d_wu, d_wd]);
+    }
+    layer_grads.reverse();
+
+    // Embedding: scatter-add of the input gradient (plus the head's when tied).
+    let tied = model.lm_head.is_none();
+    let mut d_emb = if tied { d_head.clone() } else { vec![0f32; dm.v * c] };
+    for (row, &id) in dx.chunks(c).zip(ids) {
+        for (a, &g) in d_emb[id as usize * c..(id as usize + 1) * c].iter_mut().zip(row) {
+            *a += g;
+        }
+    }
+    drop((emb, layers, norm_w, head));
+
+    let mut grads = GradStore::default();
+    grads.insert(&model.embed_tokens, tensor(d_emb, &[dm.v, c])?);
+    if let Some(l) = &model.lm_head {
+        grads.insert(&l.weight, tensor(d_head, &[dm.v, c])?);
+    }
+    grads.insert(&model.norm.weight, tensor(d_norm, &[c])?);
+    for (l, gr) in model.layers.iter().zip(layer_grads) {
+        let FeedForward::Dense(mlp) = &l.mlp else { unreachable!() };
+        let a = &l.self_attn;
+        let [d_n1, d_wq, d_wk, d_wv, d_wo, d_n2, d_wg, d_wu, d_wd] = gr;
+        grads.insert(&l.input_layernorm.weight, tensor(d_n1, &[c])?);
+        grads.insert(&a.q_proj.weight, tensor(d_wq, &[qd, c])?);
+        grads.insert(&a.k_proj.weight, tensor(d_wk, &[kd, c])?);
+        grads.insert(&a.v_proj.weight, tensor(d_wv, &[kd, c])?);
+        grads.insert(&a.o_proj.weight, tensor(d_wo, &[c, qd])?);
+        grads.insert(&l.post_attention_layernorm.weight, tensor(d_n2, &[c])?);
+        grads.insert(&mlp.gate_proj.weight, tensor(d_wg, &[f, c])?);
+        grads.insert(&mlp.up_proj.weight, tensor(d_wu, &[f, c])?);
+        grads.insert(&mlp.down_proj.weight, tensor(d_wd, &[c, f])?);
+    }
+    Ok(LmStep { loss_sum, count: m, grads })
+}
