@@ -125,7 +125,7 @@ pub struct StepResult {
 }
 
 /// True when the LM objective can train `model` through [`crate::fast::lm_step`]: a dense CPU
-/// f32 model without QK-norm, adapters or dropout, unless `BUNMIND_FAST_STEP=0`.
+/// f32 model without adapters or dropout, unless `BUNMIND_FAST_STEP=0`.
 #[cfg(not(target_arch = "wasm32"))]
 fn fast_step_applies(model: &Model) -> bool {
     model.config().dropout == 0.0 && crate::fast::enabled() && crate::fast::unsupported(model).is_none()

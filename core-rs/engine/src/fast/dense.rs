@@ -11,7 +11,7 @@
 //! ([`crate::model::Model::forward_train`] + masked cross-entropy): tests compare every
 //! gradient with it and with finite differences.
 //!
-//! Scope: dense MLPs, no QK-norm, no LoRA, no dropout, CPU f32 ([`unsupported`] says why not).
+//! Scope: dense MLPs (QK-norm or not), no LoRA, no dropout, CPU f32 ([`unsupported`] says why not).
 //! Everything else (MoE, adapters, dropout, DPO, distillation, CUDA) trains through autograd.
 use candle_core::{backprop::GradStore, CpuStorage, Device, Storage, Tensor};
 use rayon::prelude::*;
@@ -34,9 +34,6 @@ pub fn unsupported(model: &Model) -> Option<String> {
     }
     if cfg.use_moe {
         return Some("mixture-of-experts layers".into());
-    }
-    if cfg.use_qk_norm() || model.layers.iter().any(|l| l.self_attn.q_norm.is_some()) {
-        return Some("QK-norm".into());
     }
     if model.embed_tokens.dtype() != candle_core::DType::F32 {
         return Some("weights are not f32".into());
@@ -101,6 +98,8 @@ struct LayerW<'a> {
     wk: View<'a>,
     wv: View<'a>,
     wo: View<'a>,
+    /// QK-norm gains (per-head RMSNorm on q and k before RoPE), with their eps.
+    qk: Option<(View<'a>, View<'a>, f32)>,
     n2: View<'a>,
     wg: View<'a>,
     wu: View<'a>,
@@ -113,6 +112,8 @@ struct Saved {
     inv1: Vec<f32>, // [N]
     xn1: Vec<f32>,  // [N, C]
     q: Vec<f32>,    // after RoPE [N, H·D]
+    /// With QK-norm: q and k before the norm, and the per-(row, head) inverse RMS of each.
+    qk_pre: Option<(Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>)>,
     k: Vec<f32>,    // after RoPE [N, KV·D]
     v: Vec<f32>,    // [N, KV·D]
     p: Vec<f32>,    // attention probabilities [B, H, T, T] (blocks on/below the diagonal)
@@ -393,6 +394,11 @@ pub fn lm_step(model: &Model, ids: &[u32], targets: &[u32], mask: &[f32], b: usi
             wk: v(&a.k_proj.weight, i, "k_proj")?,
             wv: v(&a.v_proj.weight, i, "v_proj")?,
             wo: v(&a.o_proj.weight, i, "o_proj")?,
+            qk: match (&a.q_norm, &a.k_norm) {
+                (Some(qn), Some(kn)) => Some((v(&qn.weight, i, "q_norm")?, v(&kn.weight, i, "k_norm")?, qn.eps as f32)),
+                (None, None) => None,
+                _ => return Err(Error::input(format!("layers.{i}: q_norm and k_norm must both be present or both absent"))),
+            },
             n2: View::new(&l.post_attention_layernorm.weight, "post_attention_layernorm")?,
             wg: v(&mlp.gate_proj.weight, i, "gate_proj")?,
             wu: v(&mlp.up_proj.weight, i, "up_proj")?,
@@ -417,6 +423,15 @@ pub fn lm_step(model: &Model, ids: &[u32], targets: &[u32], mask: &[f32], b: usi
         let mut q = linear(&xn1, lw.wq.s(), n, c, qd, th);
         let mut k = linear(&xn1, lw.wk.s(), n, c, kd, th);
         let v = linear(&xn1, lw.wv.s(), n, c, kd, th);
+        let qk_pre = match &lw.qk {
+            None => None,
+            Some((wqn, wkn, eps)) => {
+                // [N, heads·D] is [N·heads, D]: one RMSNorm row per (token, head).
+                let (qn, invq) = rms_fwd(&q, wqn.s(), dm.d, *eps);
+                let (kn, invk) = rms_fwd(&k, wkn.s(), dm.d, *eps);
+                Some((std::mem::replace(&mut q, qn), invq, std::mem::replace(&mut k, kn), invk))
+            }
+        };
         rope(&mut q, dm.h, &dm, &cos, &sin, inter, 1.0);
         rope(&mut k, dm.kvh, &dm, &cos, &sin, inter, 1.0);
         let (p, y) = attn_fwd(&q, &k, &v, &dm);
@@ -432,7 +447,7 @@ pub fn lm_step(model: &Model, ids: &[u32], targets: &[u32], mask: &[f32], b: usi
         let mut out = mid.clone();
         // SAFETY: a [N, F], wd [C, F], out [N, C].
         unsafe { mm(n, c, f, out.as_mut_ptr(), c, true, Mat::rows(a.as_ptr(), f), Mat::t(lw.wd.s().as_ptr(), f), th) };
-        saved.push(Saved { x, inv1, xn1, q, k, v, p, y, mid, inv2, xn2, g, u, a });
+        saved.push(Saved { x, inv1, xn1, q, qk_pre, k, v, p, y, mid, inv2, xn2, g, u, a });
         x = out;
     }
     let (xnf, invf) = rms_fwd(&x, norm_w.s(), c, dm.eps);
@@ -462,9 +477,9 @@ pub fn lm_step(model: &Model, ids: &[u32], targets: &[u32], mask: &[f32], b: usi
     let d_norm = rms_bwd(&x, norm_w.s(), &invf, &dxnf, &mut dx, c, false);
     drop(dxnf);
 
-    let mut layer_grads: Vec<[Vec<f32>; 9]> = Vec::with_capacity(layers.len());
+    let mut layer_grads: Vec<([Vec<f32>; 9], Option<(Vec<f32>, Vec<f32>)>)> = Vec::with_capacity(layers.len());
     for (lw, s) in layers.iter().zip(saved.into_iter()).rev() {
-        let Saved { x, inv1, xn1, q, k, v, p, y, mid, inv2, xn2, mut g, mut u, a } = s;
+        let Saved { x, inv1, xn1, q, qk_pre, k, v, p, y, mid, inv2, xn2, mut g, mut u, a } = s;
         // MLP: out = mid + a·Wdᵀ
         let mut da = uninit(n * f);
         linear_dx(&dx, lw.wd.s(), &mut da, n, f, c, false, th);
@@ -491,6 +506,18 @@ pub fn lm_step(model: &Model, ids: &[u32], targets: &[u32], mask: &[f32], b: usi
         drop((q, k, v, p, dy));
         rope(&mut dq, dm.h, &dm, &cos, &sin, inter, -1.0);
         rope(&mut dk, dm.kvh, &dm, &cos, &sin, inter, -1.0);
+        let d_qk = match (&lw.qk, qk_pre) {
+            (Some((wqn, wkn, _)), Some((q_pre, invq, k_pre, invk))) => {
+                let mut dq_pre = uninit(dq.len());
+                let mut dk_pre = uninit(dk.len());
+                let d_qn = rms_bwd(&q_pre, wqn.s(), &invq, &dq, &mut dq_pre, dm.d, false);
+                let d_kn = rms_bwd(&k_pre, wkn.s(), &invk, &dk, &mut dk_pre, dm.d, false);
+                dq = dq_pre;
+                dk = dk_pre;
+                Some((d_qn, d_kn))
+            }
+            _ => None,
+        };
         let mut dxn1 = uninit(n * c);
         linear_dx(&dq, lw.wq.s(), &mut dxn1, n, c, qd, false, th);
         linear_dx(&dk, lw.wk.s(), &mut dxn1, n, c, kd, true, th);
@@ -500,7 +527,7 @@ pub fn lm_step(model: &Model, ids: &[u32], targets: &[u32], mask: &[f32], b: usi
         let d_wv = linear_dw(&dv, &xn1, n, c, kd, th);
         drop((dq, dk, dv, xn1));
         let d_n1 = rms_bwd(&x, lw.n1.s(), &inv1, &dxn1, &mut dx, c, true);
-        layer_grads.push([d_n1, d_wq, d_wk, d_wv, d_wo, d_n2, d_wg, d_wu, d_wd]);
+        layer_grads.push(([d_n1, d_wq, d_wk, d_wv, d_wo, d_n2, d_wg, d_wu, d_wd], d_qk));
     }
     layer_grads.reverse();
 
@@ -523,7 +550,11 @@ pub fn lm_step(model: &Model, ids: &[u32], targets: &[u32], mask: &[f32], b: usi
     for (l, gr) in model.layers.iter().zip(layer_grads) {
         let FeedForward::Dense(mlp) = &l.mlp else { unreachable!() };
         let a = &l.self_attn;
-        let [d_n1, d_wq, d_wk, d_wv, d_wo, d_n2, d_wg, d_wu, d_wd] = gr;
+        let ([d_n1, d_wq, d_wk, d_wv, d_wo, d_n2, d_wg, d_wu, d_wd], d_qk) = gr;
+        if let (Some(qn), Some(kn), Some((d_qn, d_kn))) = (&a.q_norm, &a.k_norm, d_qk) {
+            grads.insert(&qn.weight, tensor(d_qn, &[dm.d])?);
+            grads.insert(&kn.weight, tensor(d_kn, &[dm.d])?);
+        }
         grads.insert(&l.input_layernorm.weight, tensor(d_n1, &[c])?);
         grads.insert(&a.q_proj.weight, tensor(d_wq, &[qd, c])?);
         grads.insert(&a.k_proj.weight, tensor(d_wk, &[kd, c])?);
