@@ -6,13 +6,13 @@
  * The GPU side of all this runs in `bench/gpu/run.sh`.
  */
 import { describe, expect, test } from "bun:test"
-import { existsSync, mkdirSync, rmSync, writeFileSync } from "node:fs"
+import { existsSync, mkdirSync, realpathSync, rmSync, symlinkSync, writeFileSync } from "node:fs"
 import { join } from "node:path"
 import { initModelSync } from "../src/model/model.ts"
 import { NativeLoadError } from "../src/native/errors.ts"
 import { libraryPath, loadNativeSync, parseDeviceName, ptrOf, utf8 } from "../src/native/library.ts"
 import { distEnv, nprocProblem, shardIndices, type NprocFacts } from "../src/train/distributed.ts"
-import { cli } from "./helpers/cli.ts"
+import { cli, repo } from "./helpers/cli.ts"
 
 const out = join(import.meta.dir, ".out", "cuda-device")
 const noCudaLib = { BUNMIND_CUDA_LIB: "/nonexistent/libbunmind-cuda.so" }
@@ -57,6 +57,42 @@ describe("--device", () => {
     }
     const r = cli(["model", "init", "--preset", "tiny", "--out", join(out, "z"), "--device", "cuda"])
     expectCleanError(r, /no NVIDIA driver/, /libcuda\.so\.1/, /--device cpu/)
+  })
+
+  test("with the CUDA build and a driver that finds no GPU, the driver's own error is passed on", () => {
+    // A fake libcuda.so.1 whose cuInit reports CUDA_ERROR_NO_DEVICE (every other entry point
+    // returns CUDA_ERROR_UNKNOWN), plus the link stubs standing in for cuBLAS/cuRAND: this loads
+    // the real CUDA build (all its dependencies resolve) and walks the no-GPU path.
+    const path = libraryPath("cuda")
+    const stubs = join(repo, ".cuda", "stubs", "lib", "stubs")
+    if (!existsSync(path) || !existsSync(join(stubs, "libcuda.so")) || hasDriver) {
+      console.warn("skipped: needs the CUDA build and its link stubs (bun scripts/build-native.ts --cuda), and no real driver")
+      return
+    }
+    const dir = join(out, "fake-driver")
+    mkdirSync(dir, { recursive: true })
+    const nm = Bun.spawnSync(["nm", "-D", "--defined-only", join(stubs, "libcuda.so")], { stdout: "pipe" })
+    const fns = nm.stdout.toString().split("\n").map((l) => l.trim().split(/\s+/)[2]).filter((f): f is string => !!f && f.startsWith("cu"))
+    const special = new Set(["cuInit", "cuGetErrorString", "cuGetErrorName", "cuDeviceGetCount", "cuDriverGetVersion"])
+    const c = [
+      "int cuInit(unsigned f) { (void)f; return 100; }",
+      'int cuGetErrorString(int e, const char** s) { (void)e; *s = "no CUDA-capable device is detected"; return 0; }',
+      'int cuGetErrorName(int e, const char** s) { (void)e; *s = "CUDA_ERROR_NO_DEVICE"; return 0; }',
+      "int cuDeviceGetCount(int* n) { *n = 0; return 100; }",
+      "int cuDriverGetVersion(int* v) { *v = 13000; return 0; }",
+      ...fns.filter((f) => !special.has(f)).map((f) => `int ${f}(void) { return 999; }`),
+    ].join("\n")
+    writeFileSync(join(dir, "fake.c"), c)
+    const cc = Bun.spawnSync(["cc", "-shared", "-fPIC", "-Wl,-soname,libcuda.so.1", "-o", join(dir, "libcuda.so.1"), join(dir, "fake.c")], { stderr: "pipe" })
+    expect(cc.exitCode).toBe(0)
+    for (const [soname, file] of [["libcublas.so.13", "libcublas.so"], ["libcublasLt.so.13", "libcublasLt.so"], ["libcurand.so.10", "libcurand.so"], ["libnvrtc.so.13", "libnvrtc.so"], ["libcudart.so.13", "libcudart.so"]]) {
+      rmSync(join(dir, soname!), { force: true })
+      symlinkSync(realpathSync(join(stubs, file!)), join(dir, soname!))
+    }
+    const r = cli(["model", "init", "--preset", "tiny", "--out", join(out, "w"), "--device", "cuda"], undefined, { LD_LIBRARY_PATH: dir })
+    expectCleanError(r, /CUDA driver could not be initialised/, /CUDA_ERROR_NO_DEVICE/, /CUDA_VISIBLE_DEVICES/)
+    const n = cli(["train", "pretrain", "--data", join(out, "none.jsonl"), "--run-dir", join(out, "run"), "--nproc", "2", "--device", "cuda"], undefined, { LD_LIBRARY_PATH: dir })
+    expectCleanError(n, /--nproc 2/, /NCCL/, /CUDA driver could not be initialised/)
   })
 
   test("the CPU library refuses a CUDA device with a message naming the CPU build", () => {

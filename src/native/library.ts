@@ -30,10 +30,10 @@ export const libraryPath = (device: Device): string => {
   return process.env[kind === "cpu" ? "BUNMIND_LIB" : "BUNMIND_CUDA_LIB"] ?? join(repoRoot, "dist", "native", `libbunmind-${kind}.${suffix}`)
 }
 
-/** How to get a working CUDA setup, appended to every CUDA load error. */
-const CUDA_HOWTO =
-  "The CUDA build needs an NVIDIA GPU with a CUDA 13.0+ driver at run time; build it (no GPU needed) with " +
-  "`bun scripts/build-native.ts --cuda`, or run with --device cpu."
+/** What running the CUDA build needs, appended to CUDA load errors. */
+const CUDA_RUN = "It runs on an NVIDIA GPU with a CUDA 13.0+ driver; elsewhere run with --device cpu."
+/** How to get the CUDA build. */
+const CUDA_BUILD = "Build it with `bun scripts/build-native.ts --cuda` (no GPU needed to build)."
 
 /**
  * The CUDA libraries the CUDA build links against (besides the driver's libcuda.so.1), each with
@@ -92,7 +92,7 @@ function preloadCudaDeps(): string[] {
 /** A user-facing explanation of a failed dlopen of the CUDA build. */
 function cudaLoadMessage(path: string, err: string): string {
   if (/libcuda\.so/.test(err)) {
-    return `no NVIDIA driver on this machine (libcuda.so.1 not found), so the CUDA build at ${path} cannot run. ${CUDA_HOWTO}`
+    return `no NVIDIA driver on this machine (libcuda.so.1 not found), so the CUDA build at ${path} cannot run. ${CUDA_RUN}`
   }
   const lib = /(lib[\w.+-]+\.so[\d.]*)/.exec(err)?.[1]
   if (lib && CUDA_DEPS.some((d) => d.soname === lib || lib.startsWith(d.soname.split(".so")[0]!))) {
@@ -100,10 +100,10 @@ function cudaLoadMessage(path: string, err: string): string {
       `the CUDA build at ${path} needs ${lib} (CUDA 13 runtime libraries: cuBLAS, cuBLASLt, NVRTC, cuRAND, cudart), ` +
       "which were not found: install the CUDA 13 toolkit or the nvidia-cublas / nvidia-cuda-nvrtc / nvidia-curand / " +
       "nvidia-cuda-runtime wheels for CUDA 13 (PyTorch cu130 ships them), or point BUNMIND_CUDA_LIB_PATH (or LD_LIBRARY_PATH) at them. " +
-      CUDA_HOWTO
+      CUDA_RUN
     )
   }
-  return `could not load the CUDA build at ${path}: ${err}. ${CUDA_HOWTO}`
+  return `could not load the CUDA build at ${path}: ${err}. ${CUDA_BUILD} ${CUDA_RUN}`
 }
 
 export interface NativeLib {
@@ -160,7 +160,7 @@ function loadLibrarySync(device: DeviceKind): NativeLib {
       path,
       message:
         device === "cuda"
-          ? `--device cuda needs the CUDA build of bunmind's native library, which is not at ${path}. ` + CUDA_HOWTO
+          ? `--device cuda needs the CUDA build of bunmind's native library, which is not at ${path}. ${CUDA_BUILD} ${CUDA_RUN}`
           : `bunmind's native library is not at ${path}. Build it with \`bun run build:native\` (needs cargo).`,
     })
   }
