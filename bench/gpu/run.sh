@@ -6,8 +6,8 @@
 #
 #   bash bench/gpu/run.sh                  # from the repository root
 #
-# Needs: dist/native/libbunmind-cuda.so (built elsewhere with `bun scripts/build-native.ts --cuda`
-# and carried over), python3 with torch (its nvidia-* wheels provide cuBLAS, NVRTC, cuRAND,
+# Needs: dist/native/libbunmind-cuda.so or its .gz (~15 MB; built elsewhere with
+# `bun scripts/build-native.ts --cuda` and carried over), python3 with torch (its nvidia-* wheels provide cuBLAS, NVRTC, cuRAND,
 # cudart 13). Writes $OUT (or bench/reports/gpu) /gpu-report.json and gpu-report.md.
 # Knobs: STEPS (40), BATCH (16), SEQ (512), WARMUP (5), SKIP_TORCH=1, SKIP_F32=1.
 set -u
@@ -36,8 +36,12 @@ log "machine"
 { nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true; } | tee "$OUTDIR/nvidia-smi.txt" >&2
 $PY -c 'import torch,sys; print(torch.__version__, torch.version.cuda, torch.cuda.is_available(), file=sys.stderr)' || true
 
+if [ ! -f "$LIB" ] && [ -f "$LIB.gz" ]; then
+  log "unpacking $LIB.gz"
+  gzip -dc "$LIB.gz" >"$LIB.tmp" && mv "$LIB.tmp" "$LIB"
+fi
 if [ ! -f "$LIB" ]; then
-  log "no CUDA build at $LIB: build it with \`bun scripts/build-native.ts --cuda\` and carry dist/native/libbunmind-cuda.so"
+  log "no CUDA build at $LIB(.gz): build it with \`bun scripts/build-native.ts --cuda\` and carry dist/native/libbunmind-cuda.so.gz"
   exit 1
 fi
 ls -la "$LIB" >&2
