@@ -14,15 +14,25 @@ set -u
 cd "$(dirname "$0")/../.."
 OUTDIR="${OUT:-bench/reports/gpu}"
 mkdir -p "$OUTDIR"
+for n in info parity bunmind-bf16 torch-bf16 bunmind-bf16-opchains bunmind-f32 torch-f32 gpu-report; do rm -f "$OUTDIR/$n.json" "$OUTDIR/$n.log"; done
 STEPS="${STEPS:-40}" BATCH="${BATCH:-16}" SEQ="${SEQ:-512}" WARMUP="${WARMUP:-5}"
 LIB="${BUNMIND_CUDA_LIB:-dist/native/libbunmind-cuda.so}"
 PY="${PYTHON:-python3}"
 log() { echo "[gpu/run.sh $(date +%T)] $*" >&2; }
 
-# Each step under its own time limit, so one hang cannot eat the whole budget.
+# Each step under its own time limit, so one hang cannot eat the whole budget, and never past
+# DEADLINE seconds since the start (default 450: the machine is lent for ≤ 8 minutes per command).
+DEADLINE="${DEADLINE:-450}"
 step() { # name seconds command...
   local name="$1" secs="$2"; shift 2
-  log "$name"
+  local left=$((DEADLINE - SECONDS))
+  if [ "$left" -lt 20 ]; then
+    log "$name: skipped (time budget: ${SECONDS}s of ${DEADLINE}s used)"
+    echo "{\"error\": \"skipped: time budget used up\"}" >"$OUTDIR/$name.json"
+    return 0
+  fi
+  [ "$secs" -gt "$left" ] && secs="$left"
+  log "$name (limit ${secs}s)"
   timeout --kill-after=10 "$secs" "$@" >"$OUTDIR/$name.json" 2>"$OUTDIR/$name.log"
   local rc=$?
   tail -n 40 "$OUTDIR/$name.log" >&2
@@ -62,15 +72,15 @@ log "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
 
 B="bench/gpu/bunmind_gpu.py"
 ARGS=(--steps "$STEPS" --batch "$BATCH" --seq "$SEQ" --warmup "$WARMUP")
-step info 60 $PY "$B" info
-step parity 150 $PY "$B" parity
-step bunmind-bf16 150 $PY "$B" train --autocast bf16 "${ARGS[@]}"
-[ "${SKIP_TORCH:-0}" = 1 ] || step torch-bf16 120 $PY bench/gpu/torch_bench.py --dtype bf16 "${ARGS[@]}"
+step info 45 $PY "$B" info
+step parity 120 $PY "$B" parity
+step bunmind-bf16 120 $PY "$B" train --autocast bf16 "${ARGS[@]}"
+[ "${SKIP_TORCH:-0}" = 1 ] || step torch-bf16 90 $PY bench/gpu/torch_bench.py --dtype bf16 "${ARGS[@]}"
 # The same bunmind run with candle's op chains instead of bunmind's kernels (A/B of the kernels).
-BUNMIND_CUDA_FUSED=0 step bunmind-bf16-opchains 120 $PY "$B" train --autocast bf16 --steps 15 --warmup 3 --batch "$BATCH" --seq "$SEQ"
+BUNMIND_CUDA_FUSED=0 step bunmind-bf16-opchains 75 $PY "$B" train --autocast bf16 --steps 15 --warmup 3 --batch "$BATCH" --seq "$SEQ"
 if [ "${SKIP_F32:-0}" != 1 ]; then
-  step bunmind-f32 120 $PY "$B" train --autocast f32 --steps 15 --warmup 3 --batch "$BATCH" --seq "$SEQ"
-  [ "${SKIP_TORCH:-0}" = 1 ] || step torch-f32 90 $PY bench/gpu/torch_bench.py --dtype f32 --steps 15 --warmup 3 --batch "$BATCH" --seq "$SEQ"
+  step bunmind-f32 75 $PY "$B" train --autocast f32 --steps 15 --warmup 3 --batch "$BATCH" --seq "$SEQ"
+  [ "${SKIP_TORCH:-0}" = 1 ] || step torch-f32 60 $PY bench/gpu/torch_bench.py --dtype f32 --steps 15 --warmup 3 --batch "$BATCH" --seq "$SEQ"
 fi
 
 $PY - "$OUTDIR" <<'PYEOF'
