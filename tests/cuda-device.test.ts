@@ -6,7 +6,7 @@
  * The GPU side of all this runs in `bench/gpu/run.sh`.
  */
 import { describe, expect, test } from "bun:test"
-import { existsSync, mkdirSync, realpathSync, rmSync, symlinkSync, writeFileSync } from "node:fs"
+import { existsSync, mkdirSync, readFileSync, realpathSync, rmSync, symlinkSync, writeFileSync } from "node:fs"
 import { join } from "node:path"
 import { initModelSync } from "../src/model/model.ts"
 import { NativeLoadError } from "../src/native/errors.ts"
@@ -198,6 +198,33 @@ describe("--nproc (data-parallel training)", () => {
     })
     expect(distEnv({ RANK: "3", WORLD_SIZE: "4", LOCAL_RANK: "1" })).toEqual({ rank: 3, worldSize: 4, localRank: 1 })
     expect(() => distEnv({ BUNMIND_RANK: "2", BUNMIND_WORLD_SIZE: "2" })).toThrow(/outside a world of 2/)
+  })
+})
+
+describe("--precision", () => {
+  test("bf16 autocast trains on the CPU too (f32 master weights), close to f32; auto is f32 there", () => {
+    const dir = join(out, "precision")
+    rmSync(dir, { recursive: true, force: true })
+    mkdirSync(dir, { recursive: true })
+    const corpus = join(dir, "corpus.jsonl")
+    writeFileSync(corpus, Array.from({ length: 120 }, (_, i) => JSON.stringify({ text: `story ${i}: the ${["cat", "dog", "fox"][i % 3]} ran ${i % 7} times.` })).join("\n") + "\n")
+    const tok = join(dir, "tok")
+    expect(cli(["tokenizer", "train", "--data", corpus, "--vocab-size", "300", "--out", tok]).code).toBe(0)
+    const run = (name: string, precision: string) => {
+      const r = cli(["train", "pretrain", "--run-dir", join(dir, name), "--tokenizer", tok, "--data", corpus, "--preset", "tiny", "--seq-len", "32",
+        "--batch-size", "4", "--steps", "4", "--lr", "3e-3", "--eval-every", "0", "--precision", precision], undefined, { RAYON_NUM_THREADS: "1" })
+      expect(r.code).toBe(0)
+      const losses = readFileSync(join(dir, name, "pretrain", "metrics.jsonl"), "utf8").trim().split("\n").map((l) => JSON.parse(l).loss as number)
+      return { losses, stderr: r.stderr }
+    }
+    const auto = run("auto", "auto")
+    expect(auto.stderr).toMatch(/on cpu in f32/)
+    const bf16 = run("bf16", "bf16")
+    expect(bf16.stderr).toMatch(/on cpu in bf16/)
+    for (let i = 0; i < 4; i++) expect(Math.abs(bf16.losses[i]! - auto.losses[i]!) / auto.losses[i]!).toBeLessThan(2e-2)
+    const bad = cli(["train", "pretrain", "--data", corpus, "--precision", "fp8"])
+    expect(bad.code).toBe(1)
+    expect(bad.stderr).toMatch(/Invalid value for flag --precision: "fp8"/)
   })
 })
 

@@ -59,6 +59,10 @@ const commonFlags = {
   stripThinkP: Flag.Finite("strip-empty-think").pipe(Flag.withDefault(0), Flag.withDescription("SFT: share of empty think blocks stripped (upstream 0.8)")),
   device: deviceFlag,
   nproc: nprocFlag,
+  precision: Flag.Literals("precision", ["auto", "bf16", "f32"] as const).pipe(
+    Flag.withDefault("auto" as const),
+    Flag.withDescription("training forward: bf16 autocast (f32 master weights) or f32; auto = bf16 on CUDA, f32 on the CPU"),
+  ),
 }
 
 type Common = {
@@ -135,6 +139,7 @@ export const stageOptions = (stage: StageName, a: Common, extra: Partial<StageOp
       pack: a.pack,
       augment: { systemPromptP: a.systemPromptP, stripEmptyThinkP: a.stripThinkP, seed: a.seed },
       device,
+      ...(a.precision !== "auto" ? { precision: a.precision } : {}),
       ...extra,
     }
     for (const [k, v] of [["--batch-size", o.batchSize], ["--accum", o.accum], ["--seq-len", o.seqLen], ["--epochs", o.epochs]] as const) {
