@@ -183,7 +183,9 @@ mod imp {
         let (f_inv, stream) = load(dev, "bunmind_rmsnorm", ptx::RMSNORM, &format!("rmsnorm_inv_{s}"))?;
         let (f_part, _) = load(dev, "bunmind_rmsnorm", ptx::RMSNORM, &format!("rmsnorm_dw_partial_{s}"))?;
         let (f_sum, _) = load(dev, "bunmind_rmsnorm", ptx::RMSNORM, &format!("rmsnorm_dw_sum_{s}"))?;
-        let nblocks = rows.div_ceil(DW_BLOCK_ROWS).max(1);
+        // Fixed 64-row blocks (more rows per block only past the grid's 65535 y-limit).
+        let rows_per_block = DW_BLOCK_ROWS.max(rows.div_ceil(65535));
+        let nblocks = rows.div_ceil(rows_per_block).max(1);
         let col_blocks = d.div_ceil(256) as u32;
         macro_rules! go {
             ($xs:expr, $gs:expr) => {{
@@ -193,7 +195,7 @@ mod imp {
                 let inv = unsafe { dev.alloc::<f32>(rows.max(1))? };
                 let partial = unsafe { dev.alloc::<f32>(nblocks * d)? };
                 let dw = alloc_like(dev, $xs, d)?;
-                let (di, e, ri, rpb, nb) = (d as i32, eps, rows as i32, DW_BLOCK_ROWS as i32, nblocks as i32);
+                let (di, e, ri, rpb, nb) = (d as i32, eps, rows as i32, rows_per_block as i32, nblocks as i32);
                 let mut b = stream.launch_builder(&f_inv);
                 b.arg(&xv).arg(&inv).arg(&di).arg(&e);
                 // SAFETY: argument types and sizes match the kernels' signatures.
@@ -545,8 +547,9 @@ mod imp {
         let AdamWStep { beta1, beta2, decay, step, inv_sqrt_bc2, eps } = h;
         macro_rules! go {
             ($gv:expr) => {{
+                let gv = $gv;
                 let mut b = stream.launch_builder(&f);
-                b.arg(&mut pv).arg(&$gv).arg(&mv).arg(&vv).arg(&n);
+                b.arg(&mut pv).arg(&gv).arg(&mv).arg(&vv).arg(&n);
                 b.arg(&beta1).arg(&beta2).arg(&decay).arg(&step).arg(&inv_sqrt_bc2).arg(&eps);
                 // SAFETY: argument types and sizes match the kernel's signature; m and v are
                 // exclusively owned by the optimizer (see above).
