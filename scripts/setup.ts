@@ -3,6 +3,9 @@
  * Makes a fresh checkout ready: builds the native library (incremental; a no-op when fresh) and,
  * with --test, installs the Python packages the tests compare against (tokenizers, transformers,
  * numpy, safetensors) when they are missing. Called by `npm run demo` / `npm test`.
+ * With --cuda it also builds the CUDA library (dist/native/libbunmind-cuda.so); only then are the
+ * pinned nvcc 13.0 wheels installed (into .cuda/, see scripts/cuda-toolchain.ts). The default
+ * demo/test path never touches CUDA.
  */
 import { resolve } from "node:path"
 
@@ -23,6 +26,7 @@ if (!Bun.which("cargo")) {
   process.env.PATH = `${process.env.HOME}/.cargo/bin:${process.env.PATH}`
 }
 run(["bun", "scripts/build-native.ts"], "native build")
+if (process.argv.includes("--cuda")) run(["bun", "scripts/build-native.ts", "--cuda"], "CUDA native build")
 
 if (forTests) {
   // Browser tests (web chat, edge chat, report) drive Debian's chromium through playwright-core.

@@ -7,7 +7,7 @@ import { initModel, loadModel, PRESETS } from "../model/model.ts"
 import { DEFAULT_GENERATION, streamText } from "../model/generate.ts"
 import { loadTokenizer } from "../tokenizer/tokenizer.ts"
 import { applyChatTemplate, loadTokenizerConfig } from "../tokenizer/chat-template.ts"
-import type { Device } from "../native/library.ts"
+import { parseDeviceName, type Device } from "../native/library.ts"
 import { UsageError } from "./errors.ts"
 
 export const deviceFlag = Flag.String("device").pipe(
@@ -15,11 +15,10 @@ export const deviceFlag = Flag.String("device").pipe(
   Flag.withDescription("cpu, or cuda[:N] (needs the CUDA build of the library)"),
 )
 
-/** Validates `--device`; CUDA is only usable with the CUDA library file. */
+/** Validates `--device` (`cpu`, `cuda`, `cuda:N`); whether CUDA works is checked when the library loads. */
 export const parseDevice = (d: string): Effect.Effect<Device, UsageError> => {
-  if (d === "cpu") return Effect.succeed("cpu")
-  if (/^cuda(:\d+)?$/.test(d)) return Effect.succeed("cuda")
-  return Effect.fail(new UsageError({ message: `--device ${d}: expected cpu or cuda[:N]` }))
+  const dev = parseDeviceName(d.trim())
+  return dev ? Effect.succeed(dev) : Effect.fail(new UsageError({ message: `--device ${d}: expected cpu, cuda or cuda:N` }))
 }
 
 const init = Command.make(

@@ -12,11 +12,25 @@ import { lora as loraStage } from "../train/lora.ts"
 import { pretrain } from "../train/pretrain.ts"
 import { sft } from "../train/sft.ts"
 import { STAGE_DEFAULTS, STAGE_INIT } from "../train/stages.ts"
+import { machineFacts, nprocProblem } from "../train/distributed.ts"
 import { writeJsonAtomic } from "../util/fs.ts"
 import { UsageError } from "./errors.ts"
 import { deviceFlag, parseDevice } from "./model.ts"
+import type { Device } from "../native/library.ts"
 
 const opt = <A>(f: Flag.Flag<A>, description: string) => f.pipe(Flag.optional, Flag.withDescription(description))
+
+export const nprocFlag = Flag.Int("nproc").pipe(
+  Flag.withDefault(1),
+  Flag.withDescription("data-parallel processes, one per GPU (N > 1 needs --device cuda, NCCL and N GPUs)"),
+)
+
+/** Fails with a `UsageError` that says what is missing when `--nproc n` cannot run on `device`. */
+export const checkNproc = (n: number, device: Device) =>
+  Effect.suspend(() => {
+    const problem = nprocProblem(n, device, machineFacts)
+    return problem ? Effect.fail(new UsageError({ message: problem })) : Effect.void
+  })
 
 const commonFlags = {
   run: Flag.String("run").pipe(Flag.withDefault("default"), Flag.withDescription("run name: everything goes to runs/<name>/ (or --run-dir)")),
@@ -44,6 +58,11 @@ const commonFlags = {
   systemPromptP: Flag.Finite("random-system-prompt").pipe(Flag.withDefault(0), Flag.withDescription("SFT: share given a random system prompt (upstream 0.2)")),
   stripThinkP: Flag.Finite("strip-empty-think").pipe(Flag.withDefault(0), Flag.withDescription("SFT: share of empty think blocks stripped (upstream 0.8)")),
   device: deviceFlag,
+  nproc: nprocFlag,
+  precision: Flag.Literals("precision", ["auto", "bf16", "f32"] as const).pipe(
+    Flag.withDefault("auto" as const),
+    Flag.withDescription("training forward: bf16 autocast (f32 master weights) or f32; auto = bf16 on CUDA, f32 on the CPU"),
+  ),
 }
 
 type Common = {
@@ -69,6 +88,7 @@ export function recordRun(runDir: string, stage: string, config: unknown): void 
 export const stageOptions = (stage: StageName, a: Common, extra: Partial<StageOptions> = {}, preset?: string) =>
   Effect.gen(function* () {
     const device = yield* parseDevice(a.device)
+    yield* checkNproc(a.nproc, device)
     const runDir = runDirOf(a.run, a.runDir)
     const d = STAGE_DEFAULTS[stage]
     const tokenizer = get(a.tokenizer, join(runDir, "tokenizer"))
@@ -119,6 +139,7 @@ export const stageOptions = (stage: StageName, a: Common, extra: Partial<StageOp
       pack: a.pack,
       augment: { systemPromptP: a.systemPromptP, stripEmptyThinkP: a.stripThinkP, seed: a.seed },
       device,
+      ...(a.precision !== "auto" ? { precision: a.precision } : {}),
       ...extra,
     }
     for (const [k, v] of [["--batch-size", o.batchSize], ["--accum", o.accum], ["--seq-len", o.seqLen], ["--epochs", o.epochs]] as const) {

@@ -105,16 +105,18 @@ export class Model {
   }
 }
 
-export function openModelSync(dir: string, native: NativeLib = loadNativeSync("cpu")): Model {
+/** Loads a model directory onto `device` (default: the library's kind, i.e. `cpu` or `cuda:0`). */
+export function openModelSync(dir: string, native: NativeLib = loadNativeSync("cpu"), device: Device = native.device): Model {
   const d = utf8(dir)
+  const dev = utf8(device)
   const box = new Uint32Array(1)
-  native.check("bm_model_load", native.sym.bm_model_load(ptrOf(d), d.byteLength, ptr(box)))
+  native.check("bm_model_load_on", native.sym.bm_model_load_on(ptrOf(d), d.byteLength, ptrOf(dev), dev.byteLength, ptr(box)))
   return new Model(native, box[0]!, dir)
 }
 
-/** `config`: `{ preset: name, ...overrides }` or a full HF config object. */
-export function initModelSync(config: Record<string, unknown>, seed = 42, native: NativeLib = loadNativeSync("cpu")): Model {
-  const c = utf8(JSON.stringify(config))
+/** `config`: `{ preset: name, ...overrides }` or a full HF config object; created on `device`. */
+export function initModelSync(config: Record<string, unknown>, seed = 42, native: NativeLib = loadNativeSync("cpu"), device: Device = native.device): Model {
+  const c = utf8(JSON.stringify({ ...config, device }))
   const box = new Uint32Array(1)
   native.check("bm_model_init", native.sym.bm_model_init(ptrOf(c), c.byteLength, BigInt(seed), ptr(box)))
   return new Model(native, box[0]!, `init:${JSON.stringify(config)}`)
@@ -126,6 +128,6 @@ const scoped = (make: () => Model): Effect.Effect<Model, ModelError, Scope.Scope
     (m) => Effect.sync(() => m.free()),
   )
 
-export const loadModel = (dir: string, device: Device = "cpu") => scoped(() => openModelSync(dir, loadNativeSync(device)))
+export const loadModel = (dir: string, device: Device = "cpu") => scoped(() => openModelSync(dir, loadNativeSync(device), device))
 export const initModel = (config: Record<string, unknown>, seed = 42, device: Device = "cpu") =>
-  scoped(() => initModelSync(config, seed, loadNativeSync(device)))
+  scoped(() => initModelSync(config, seed, loadNativeSync(device), device))

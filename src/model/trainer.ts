@@ -32,6 +32,8 @@ export interface TrainerOptions {
   lora?: LoraOptions | null
   reference?: Model
   teacher?: Model
+  /** Training forward precision: "bf16" autocast (f32 master weights) or "f32"; default: bf16 on CUDA, f32 on the CPU. */
+  autocast?: "bf16" | "f32"
 }
 
 export interface StepResult {
@@ -103,7 +105,7 @@ export class Trainer {
     return JSON.parse(this.native.readString("bm_trainer_load_checkpoint", (b, c, l) => this.native.sym.bm_trainer_load_checkpoint(this.handle, ptrOf(d), d.byteLength, b, c, l)))
   }
 
-  info(): { step: number; trainable_parameters: number; config: unknown } {
+  info(): { step: number; trainable_parameters: number; compute_dtype: "bf16" | "f32"; device: string; config: unknown } {
     return JSON.parse(this.native.readString("bm_trainer_info", (b, c, l) => this.native.sym.bm_trainer_info(this.handle, b, c, l)))
   }
 
@@ -137,6 +139,7 @@ export function openTrainerSync(model: Model, o: TrainerOptions = {}): Trainer {
       grad_clip: o.gradClip === undefined ? 1.0 : o.gradClip,
       seed: o.seed ?? 42,
       lora: o.lora ?? null,
+      autocast: o.autocast ?? null,
     }),
   )
   const box = new Uint32Array(1)

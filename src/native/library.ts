@@ -10,18 +10,105 @@ import { Context, Effect, Layer } from "effect"
 import { NativeError, NativeLoadError } from "./errors.ts"
 import { ABI_VERSION, Status, statusName, symbols } from "./symbols.ts"
 
-export type Device = "cpu" | "cuda"
+/** Which library file: the CPU build or the CUDA build. */
+export type DeviceKind = "cpu" | "cuda"
+/** A device name as the CLI takes it (`--device`): `cpu`, `cuda` (= `cuda:0`) or `cuda:N`. */
+export type Device = DeviceKind | `cuda:${number}`
 export type Symbols = Library<typeof symbols>["symbols"]
 
 export const repoRoot = resolve(import.meta.dir, "..", "..")
 
-/** Where `scripts/build-native.ts` puts the built libraries: one file per device. */
-export const libraryPath = (device: Device): string =>
-  process.env[device === "cpu" ? "BUNMIND_LIB" : "BUNMIND_CUDA_LIB"] ??
-  join(repoRoot, "dist", "native", `libbunmind-${device}.${suffix}`)
+export const deviceKind = (d: Device): DeviceKind => (d === "cpu" ? "cpu" : "cuda")
+
+/** Parses a device name; null when it is not `cpu`, `cuda` or `cuda:N`. */
+export const parseDeviceName = (d: string): Device | null =>
+  d === "cpu" || d === "cuda" ? d : /^cuda:\d+$/.test(d) ? (`cuda:${Number(d.slice(5))}` as Device) : null
+
+/** Where `scripts/build-native.ts` puts the built libraries: one file per device kind. */
+export const libraryPath = (device: Device): string => {
+  const kind = deviceKind(device)
+  return process.env[kind === "cpu" ? "BUNMIND_LIB" : "BUNMIND_CUDA_LIB"] ?? join(repoRoot, "dist", "native", `libbunmind-${kind}.${suffix}`)
+}
+
+/** What running the CUDA build needs, appended to CUDA load errors. */
+const CUDA_RUN = "It runs on an NVIDIA GPU with a CUDA 13.0+ driver; elsewhere run with --device cpu."
+/** How to get the CUDA build. */
+const CUDA_BUILD = "Build it with `bun scripts/build-native.ts --cuda` (no GPU needed to build)."
+
+/**
+ * The CUDA libraries the CUDA build links against (besides the driver's libcuda.so.1), each with
+ * one symbol to dlopen it by. When the dynamic loader does not find them (they often live in a
+ * Python environment's `nvidia/cu13/lib`, e.g. PyTorch's), they are loaded by full path first; a
+ * library already loaded under its soname satisfies the CUDA build's dependency.
+ */
+const CUDA_DEPS = [
+  { soname: "libcudart.so.13", symbol: "cudaGetDeviceCount" },
+  { soname: "libcublasLt.so.13", symbol: "cublasLtCreate" },
+  { soname: "libcublas.so.13", symbol: "cublasCreate_v2" },
+  { soname: "libnvrtc.so.13", symbol: "nvrtcVersion" },
+  { soname: "libcurand.so.10", symbol: "curandCreateGenerator" },
+] as const
+
+/** Directories that may hold the CUDA 13 libraries: `$BUNMIND_CUDA_LIB_PATH`, `$CUDA_HOME`, the
+ *  usual toolkit paths, and the `nvidia/cu13/lib` of the Python installs on PATH. */
+function cudaLibDirs(): string[] {
+  const dirs: string[] = []
+  for (const d of (process.env.BUNMIND_CUDA_LIB_PATH ?? "").split(":")) if (d) dirs.push(d)
+  for (const home of [process.env.CUDA_HOME, process.env.CUDA_PATH, "/usr/local/cuda"]) {
+    if (home) dirs.push(join(home, "lib64"), join(home, "lib"))
+  }
+  for (const py of ["python3", "python"]) {
+    const exe = Bun.which(py)
+    if (!exe) continue
+    const p = Bun.spawnSync([exe, "-c", "import site,sys;print('\\n'.join(site.getsitepackages()+[site.getusersitepackages()]))"], { stdout: "pipe", stderr: "ignore" })
+    if (p.exitCode === 0) for (const sp of p.stdout.toString().split("\n")) if (sp.trim()) dirs.push(join(sp.trim(), "nvidia", "cu13", "lib"))
+    break
+  }
+  return [...new Set(dirs)].filter((d) => existsSync(d))
+}
+
+const preloaded: Library<Record<string, { args: []; returns: "i32" }>>[] = []
+
+/** Loads each missing CUDA dependency from the first directory that has it; returns what was loaded. */
+function preloadCudaDeps(): string[] {
+  const loaded: string[] = []
+  const dirs = cudaLibDirs()
+  for (const dep of CUDA_DEPS) {
+    for (const d of dirs) {
+      const file = join(d, dep.soname)
+      if (!existsSync(file)) continue
+      try {
+        preloaded.push(dlopen(file, { [dep.symbol]: { args: [], returns: "i32" } }) as never)
+        loaded.push(file)
+        break
+      } catch {
+        // try the next directory
+      }
+    }
+  }
+  return loaded
+}
+
+/** A user-facing explanation of a failed dlopen of the CUDA build. */
+function cudaLoadMessage(path: string, err: string): string {
+  if (/libcuda\.so/.test(err)) {
+    return `no NVIDIA driver on this machine (libcuda.so.1 not found), so the CUDA build at ${path} cannot run. ${CUDA_RUN}`
+  }
+  const lib = /(lib[\w.+-]+\.so[\d.]*)/.exec(err)?.[1]
+  if (lib && CUDA_DEPS.some((d) => d.soname === lib || lib.startsWith(d.soname.split(".so")[0]!))) {
+    return (
+      `the CUDA build at ${path} needs ${lib} (CUDA 13 runtime libraries: cuBLAS, cuBLASLt, NVRTC, cuRAND, cudart), ` +
+      "which were not found: install the CUDA 13 toolkit or the nvidia-cublas / nvidia-cuda-nvrtc / nvidia-curand / " +
+      "nvidia-cuda-runtime wheels for CUDA 13 (PyTorch cu130 ships them), or point BUNMIND_CUDA_LIB_PATH (or LD_LIBRARY_PATH) at them. " +
+      CUDA_RUN
+    )
+  }
+  return `could not load the CUDA build at ${path}: ${err}. ${CUDA_BUILD} ${CUDA_RUN}`
+}
 
 export interface NativeLib {
-  readonly device: Device
+  /** The library file's kind (`cpu` or `cuda`). */
+  readonly device: DeviceKind
   readonly path: string
   readonly sym: Symbols
   /** Throws `NativeError` (with the library's message) unless `code` is OK. */
@@ -30,8 +117,16 @@ export interface NativeLib {
   readBytes(fn: string, call: (buf: Pointer, cap: number, lenOut: Pointer) => number, hint?: number): Uint8Array
   readString(fn: string, call: (buf: Pointer, cap: number, lenOut: Pointer) => number, hint?: number): string
   lastError(): string
-  buildInfo(): { version: string; abi: number; cuda: boolean; threads: number }
+  buildInfo(): { version: string; abi: number; cuda: boolean; cuda_kernels?: boolean; threads: number }
   liveHandles(): number
+  /** Opens `device` in the library (checked once per name); throws `NativeLoadError` saying what is missing. */
+  openDevice(device: Device): DeviceInfo
+}
+
+export interface DeviceInfo {
+  device: string
+  cuda_build: boolean
+  gpus: { ordinal: number; name: string; compute_capability: string; memory_bytes: number }[]
 }
 
 const encoder = new TextEncoder()
@@ -43,9 +138,19 @@ export const utf8 = (s: string): Uint8Array => encoder.encode(s)
 export const EMPTY = new Uint8Array(8)
 export const ptrOf = (a: ArrayBufferView): Pointer => ptr(a.byteLength === 0 ? EMPTY : a)
 
-const cache = new Map<Device, NativeLib>()
+const cache = new Map<DeviceKind, NativeLib>()
 
+/**
+ * The library for `device`'s kind (loaded once per process), with `device` opened in it: for
+ * `cuda[:N]` this checks the driver and the GPU, so a missing one fails here with a clear message.
+ */
 export function loadNativeSync(device: Device = "cpu"): NativeLib {
+  const lib = loadLibrarySync(deviceKind(device))
+  if (device !== "cpu") lib.openDevice(device)
+  return lib
+}
+
+function loadLibrarySync(device: DeviceKind): NativeLib {
   const hit = cache.get(device)
   if (hit) return hit
   const path = libraryPath(device)
@@ -55,8 +160,7 @@ export function loadNativeSync(device: Device = "cpu"): NativeLib {
       path,
       message:
         device === "cuda"
-          ? `the CUDA build of bunmind's native library is not at ${path}. Build it on a machine with nvcc (` +
-            "`bun run build:native --cuda`) or run with --device cpu."
+          ? `--device cuda needs the CUDA build of bunmind's native library, which is not at ${path}. ${CUDA_BUILD} ${CUDA_RUN}`
           : `bunmind's native library is not at ${path}. Build it with \`bun run build:native\` (needs cargo).`,
     })
   }
@@ -64,12 +168,24 @@ export function loadNativeSync(device: Device = "cpu"): NativeLib {
   try {
     lib = dlopen(path, symbols)
   } catch (e) {
-    throw new NativeLoadError({
-      device,
-      path,
-      message: `could not load ${path}: ${(e as Error).message}. ` +
-        (device === "cuda" ? "Is a CUDA 13 driver installed? Use --device cpu otherwise." : "Rebuild with `bun run build:native`."),
-    })
+    let err = (e as Error).message
+    let opened: Library<typeof symbols> | undefined
+    // The CUDA libraries may be installed where the dynamic loader does not look: load them by path, retry.
+    if (device === "cuda" && !/libcuda\.so/.test(err) && preloadCudaDeps().length > 0) {
+      try {
+        opened = dlopen(path, symbols)
+      } catch (e2) {
+        err = (e2 as Error).message
+      }
+    }
+    if (!opened) {
+      throw new NativeLoadError({
+        device,
+        path,
+        message: device === "cuda" ? cudaLoadMessage(path, err) : `could not load ${path}: ${err}. Rebuild with \`bun run build:native\`.`,
+      })
+    }
+    lib = opened
   }
   const sym = lib.symbols
   const abi = sym.bm_abi_version()
@@ -107,6 +223,7 @@ export function loadNativeSync(device: Device = "cpu"): NativeLib {
     }
     throw new NativeError({ fn, code: Status.BUFFER_TOO_SMALL, status: "buffer_too_small", message: "output kept growing" })
   }
+  const opened = new Map<string, DeviceInfo>()
   const native: NativeLib = {
     device,
     path,
@@ -117,6 +234,20 @@ export function loadNativeSync(device: Device = "cpu"): NativeLib {
     lastError,
     buildInfo: () => JSON.parse(decoder.decode(readBytes("bm_build_info", (b, c, l) => sym.bm_build_info(b, c, l)))),
     liveHandles: () => sym.bm_live_handles(),
+    openDevice: (dev) => {
+      const hit = opened.get(dev)
+      if (hit) return hit
+      const d = utf8(dev)
+      let info: DeviceInfo
+      try {
+        info = JSON.parse(decoder.decode(readBytes("bm_device_info", (b, c, l) => sym.bm_device_info(ptrOf(d), d.byteLength, b, c, l))))
+      } catch (e) {
+        // The engine's message says what is missing (no driver, no such GPU, CPU build).
+        throw new NativeLoadError({ device: dev, path, message: (e as Error).message })
+      }
+      opened.set(dev, info)
+      return info
+    },
   }
   cache.set(device, native)
   return native

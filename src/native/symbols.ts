@@ -34,6 +34,8 @@ export const symbols = {
 
   bm_model_init: { args: [ptr, usize, u64, ptr], returns: i32 },
   bm_model_load: { args: [ptr, usize, ptr], returns: i32 },
+  bm_model_load_on: { args: [ptr, usize, ptr, usize, ptr], returns: i32 },
+  bm_device_info: { args: [ptr, usize, ptr, usize, ptr], returns: i32 },
   bm_model_free: { args: [u32], returns: i32 },
   bm_model_save: { args: [u32, ptr, usize, u8], returns: i32 },
   bm_model_info: { args: [u32, ptr, usize, ptr], returns: i32 },
@@ -65,6 +67,7 @@ export const symbols = {
   bm_kernel_rope: { args: [ptr, ptr, usize, usize, usize, usize, usize, f64, u8, ptr, usize, ptr], returns: i32 },
   bm_kernel_attention: { args: [ptr, ptr, ptr, ptr, ptr, usize, usize, usize, usize, usize, usize, f64, ptr, usize, ptr], returns: i32 },
   bm_kernel_cross_entropy: { args: [ptr, ptr, ptr, usize, usize, usize, u8, ptr, usize, ptr], returns: i32 },
+  bm_parity_check: { args: [ptr, usize, ptr, usize, ptr], returns: i32 },
   bm_kernel_adamw: { args: [ptr, ptr, ptr, ptr, usize, u64, f64, f64, f64, f64, f64, ptr, usize, ptr], returns: i32 },
 } as const
 

@@ -18,7 +18,7 @@ import { tokenizerVocabSize } from "../tokenizer/tokenizer.ts"
 import { trainTokenizer } from "../tokenizer/train.ts"
 import { runStage, type StageName, type StageOptions, type StageSummary } from "../train/loop.ts"
 import { STAGE_DEFAULTS } from "../train/stages.ts"
-import type { Device } from "../native/library.ts"
+import { parseDeviceName, type Device } from "../native/library.ts"
 
 export class PipelineError extends Data.TaggedError("PipelineError")<{ readonly message: string }> {}
 
@@ -56,6 +56,10 @@ export interface PipelineConfig {
   run: string
   seed?: number
   device?: Device
+  /** Data-parallel processes (one per GPU); see `src/train/distributed.ts`. */
+  nproc?: number
+  /** Training forward precision (default auto: bf16 autocast on CUDA, f32 on the CPU). */
+  precision?: "auto" | "bf16" | "f32"
   tokenizer?: { data: string[]; vocab_size?: number; min_frequency?: number; scheme?: string } | { path: string }
   stages: PipelineStage[]
 }
@@ -73,6 +77,9 @@ export function checkConfig(raw: unknown, file = "pipeline config"): PipelineCon
   const c = raw as Record<string, unknown>
   if (typeof c.run !== "string" || !c.run) fail("run", "expected the run directory (a string)")
   if (!Array.isArray(c.stages) || c.stages.length === 0) fail("stages", "expected a non-empty list of stages")
+  if (c.device !== undefined && (typeof c.device !== "string" || !parseDeviceName(c.device))) fail("device", `expected cpu, cuda or cuda:N, got ${JSON.stringify(c.device)}`)
+  if (c.nproc !== undefined && !(Number.isInteger(c.nproc) && (c.nproc as number) >= 1)) fail("nproc", `expected a positive integer, got ${JSON.stringify(c.nproc)}`)
+  if (c.precision !== undefined && !["auto", "bf16", "f32"].includes(c.precision as string)) fail("precision", `expected auto, bf16 or f32, got ${JSON.stringify(c.precision)}`)
   ;(c.stages as unknown[]).forEach((s, i) => {
     if (!s || typeof s !== "object") fail(`stages[${i}]`, "expected an object")
     const st = s as Record<string, unknown>
@@ -154,6 +161,8 @@ export function stageOptionsFor(cfg: PipelineConfig, s: PipelineStage, previous:
     augment: { systemPromptP: s.randomSystemPrompt ?? 0, stripEmptyThinkP: s.stripEmptyThink ?? 0, seed },
     pack: s.pack ?? false,
     device: cfg.device ?? "cpu",
+    // Only when set: the stage hash (finished-stage detection) of existing configs stays the same.
+    ...(cfg.precision ? { precision: cfg.precision } : {}),
   }
 }
 

@@ -160,7 +160,7 @@ export class InlineEngine extends BaseEngine {
   }
 
   static open(init: WorkerInit): InlineEngine {
-    return new InlineEngine(openModelSync(init.modelDir, loadNativeSync(init.device)), init.maxActive, true)
+    return new InlineEngine(openModelSync(init.modelDir, loadNativeSync(init.device), init.device), init.maxActive, true)
   }
 
   get config(): ModelConfig {

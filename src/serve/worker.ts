@@ -68,7 +68,7 @@ self.onmessage = (ev: MessageEvent) => {
     case "init":
       lowerPriority(msg.nice ?? 10)
       try {
-        model = openModelSync(msg.modelDir, loadNativeSync(msg.device))
+        model = openModelSync(msg.modelDir, loadNativeSync(msg.device), msg.device)
         scheduler = new Scheduler(model, msg.maxActive)
         self.postMessage({ type: "ready", config: model.config })
       } catch (e) {

@@ -64,6 +64,8 @@ export interface StageOptions {
   readonly augment?: AugmentOptions
   readonly pack?: boolean
   readonly device: Device
+  /** Training forward precision: bf16 autocast (f32 master weights), f32, or auto (bf16 on CUDA, f32 on the CPU). */
+  readonly precision?: "auto" | "bf16" | "f32"
   /** Write a progress bar / log lines to stderr. */
   readonly quiet?: boolean
   /** Stop (as if interrupted) after this many steps in this process; for tests. */
@@ -222,6 +224,7 @@ export const runStage = (o: StageOptions) =>
       lora: o.lora ?? null,
       reference,
       teacher,
+      ...(o.precision && o.precision !== "auto" ? { autocast: o.precision } : {}),
     })
 
     // Resume.
@@ -265,7 +268,7 @@ export const runStage = (o: StageOptions) =>
 
     const info = trainer.info()
     const params = model.info().num_parameters
-    log(`${params.toLocaleString()} parameters (${info.trainable_parameters.toLocaleString()} trainable), ${split.train.length} train / ${split.eval.length} eval samples, ${totalSteps} steps of ${perStep} × ${o.seqLen}`)
+    log(`${params.toLocaleString()} parameters (${info.trainable_parameters.toLocaleString()} trainable), ${split.train.length} train / ${split.eval.length} eval samples, ${totalSteps} steps of ${perStep} × ${o.seqLen}, on ${info.device} in ${info.compute_dtype}`)
 
     // DPO's held-out loss: −log σ(β·((πc − πr) − (rc − rr))) on held-out pairs, from summed
     // masked log-probs of the live policy and the frozen reference (one row at a time).

@@ -48,6 +48,9 @@ pub struct TrainerConfig {
     pub seed: u64,
     /// Train LoRA adapters only (the base weights stay frozen).
     pub lora: Option<LoraConfig>,
+    /// Mixed precision of the training forward: `"bf16"` (bf16 compute from f32 master weights,
+    /// see `Model::set_autocast`), `"f32"`, or `None` = automatic: bf16 on CUDA, f32 on the CPU.
+    pub autocast: Option<String>,
 }
 
 impl Default for TrainerConfig {
@@ -62,6 +65,7 @@ impl Default for TrainerConfig {
             grad_clip: Some(1.0),
             seed: 42,
             lora: None,
+            autocast: None,
         }
     }
 }
@@ -169,6 +173,12 @@ impl Trainer {
             }
             _ => {}
         }
+        let autocast = resolve_autocast(cfg.autocast.as_deref(), model.device())?;
+        model.set_autocast(autocast);
+        let (mut reference, mut teacher) = (reference, teacher);
+        for m in reference.iter_mut().chain(teacher.iter_mut()) {
+            m.set_autocast(autocast);
+        }
         let opt_cfg = AdamWConfig { beta1: cfg.beta1, beta2: cfg.beta2, eps: cfg.eps, weight_decay: cfg.weight_decay };
         let (adapters, params) = match &cfg.lora {
             Some(lc) => {
@@ -193,6 +203,15 @@ impl Trainer {
 
     pub fn config(&self) -> &TrainerConfig {
         &self.cfg
+    }
+
+    /// The training forward's compute dtype: `"bf16"` or `"f32"`.
+    pub fn compute_dtype(&self) -> &'static str {
+        if self.model.autocast() == Some(DType::BF16) {
+            "bf16"
+        } else {
+            "f32"
+        }
     }
 
     pub fn step_count(&self) -> u64 {
@@ -244,10 +263,11 @@ impl Trainer {
                     }
                     let half = batch.b / 2;
                     let (logits, _) = model.forward_train_with(&ids, src)?;
+                    let logits = logits.to_dtype(DType::F32)?;
                     let lp = sequence_logprobs(&logits, &targets, &mask)?;
                     let r = reference.as_ref().expect("checked in new");
                     let (ref_logits, _) = r.forward_train(&ids)?;
-                    let rlp = sequence_logprobs(&ref_logits.detach(), &targets, &mask)?.detach();
+                    let rlp = sequence_logprobs(&ref_logits.detach().to_dtype(DType::F32)?, &targets, &mask)?.detach();
                     let (loss, m) = dpo_loss(&lp.narrow(0, 0, half)?, &lp.narrow(0, half, half)?, &rlp.narrow(0, 0, half)?, &rlp.narrow(0, half, half)?, *beta)?;
                     dpo_metrics = Some(m);
                     Ok(MicroLoss::new(loss, 1.0))
@@ -256,7 +276,8 @@ impl Trainer {
                     let (logits, _) = model.forward_train_with(&ids, src)?;
                     let t = teacher.as_ref().expect("checked in new");
                     let (tl, _) = t.forward_train(&ids)?;
-                    let d = distill_loss(&logits, &tl.detach(), &targets, &mask, *alpha, *temperature)?;
+                    let (logits, tl) = (logits.to_dtype(DType::F32)?, tl.detach().to_dtype(DType::F32)?);
+                    let d = distill_loss(&logits, &tl, &targets, &mask, *alpha, *temperature)?;
                     let kl = d.kl.to_dtype(DType::F64)?.to_scalar::<f64>()?;
                     let ce = d.ce.to_dtype(DType::F64)?.to_scalar::<f64>()?;
                     kl_ce = Some((kl, ce));
@@ -364,4 +385,14 @@ pub fn eval_lm(model: &Model, batch: &Batch) -> Result<(f64, f64)> {
     let (logits, _) = model.forward_train(&ids)?;
     let ce = masked_cross_entropy_sum(&logits.detach(), &targets, &mask)?;
     Ok((ce.sum.to_dtype(DType::F64)?.to_scalar::<f64>()?, ce.count as f64))
+}
+
+/// The autocast dtype for a trainer config value on `dev` (see [`TrainerConfig::autocast`]).
+pub fn resolve_autocast(value: Option<&str>, dev: &Device) -> Result<Option<DType>> {
+    match value {
+        None | Some("auto") => Ok(if dev.is_cuda() { Some(DType::BF16) } else { None }),
+        Some("bf16") => Ok(Some(DType::BF16)),
+        Some("f32") | Some("off") => Ok(None),
+        Some(other) => Err(Error::config("autocast", format!("{other:?}: expected \"bf16\", \"f32\" or \"auto\""))),
+    }
 }

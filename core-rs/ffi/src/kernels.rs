@@ -187,3 +187,31 @@ pub unsafe extern "C" fn bm_kernel_adamw(
         finish(kernels::adamw_step(&device()?, w, g, m, v, step, lr, cfg, weight_decay != 0.0)?, out, out_len, op_ns)
     })
 }
+
+/// Parity of the fused ops on the named device against the CPU f32 reference, for f32 and bf16
+/// activations (`bunmind_engine::ops::parity`): writes
+/// `{"device", "cuda_kernels", "compute_cap", "ok", "rows": [{op, dtype, what, max_abs_err, rel_err, tol, ok}]}`.
+/// A mismatch is reported in the rows (`ok: false`), not as an error.
+///
+/// # Safety
+/// `device` must point at `device_len` bytes; see [`write_bytes`] for the output.
+#[no_mangle]
+pub unsafe extern "C" fn bm_parity_check(device: *const u8, device_len: usize, buf: *mut u8, cap: usize, out_len: *mut u32) -> i32 {
+    guard(|| {
+        let dev = crate::model::device_named(str_arg(device, device_len, "device")?)?;
+        let mut rows = bunmind_engine::ops::parity::parity(&dev, candle_core::DType::F32)?;
+        rows.extend(bunmind_engine::ops::parity::parity(&dev, candle_core::DType::BF16)?);
+        #[cfg(feature = "cuda")]
+        let cap_s = bunmind_engine::ops::cuda::COMPUTE_CAP;
+        #[cfg(not(feature = "cuda"))]
+        let cap_s = "";
+        let info = serde_json::json!({
+            "device": bunmind_engine::device::device_name(&dev),
+            "cuda_kernels": bunmind_engine::ops::cuda::KERNELS_BUILT,
+            "compute_cap": cap_s,
+            "ok": rows.iter().all(|r| r.ok),
+            "rows": rows,
+        });
+        write_bytes(info.to_string().as_bytes(), buf, cap, out_len)
+    })
+}

@@ -200,6 +200,7 @@ pub unsafe extern "C" fn bm_build_info(buf: *mut u8, cap: usize, out_len: *mut u
             "version": env!("CARGO_PKG_VERSION"),
             "abi": ABI_VERSION,
             "cuda": cfg!(feature = "cuda"),
+            "cuda_kernels": bunmind_engine::ops::cuda::KERNELS_BUILT,
             "threads": rayon_threads(),
         });
         write_bytes(info.to_string().as_bytes(), buf, cap, out_len)

@@ -30,14 +30,14 @@ pub fn model(h: u32) -> FfiResult<Arc<ModelEntry>> {
     handles::get::<ModelEntry>(h, Kind::Model).map_err(FfiError::handle)
 }
 
-/// The device every model of this library build runs on.
+/// This build's default device: CUDA device 0 in the CUDA build, the CPU otherwise.
 pub fn device() -> FfiResult<Device> {
-    #[cfg(feature = "cuda")]
-    {
-        return Device::new_cuda(0).map_err(|e| FfiError::new(BM_ERROR, format!("CUDA device 0: {e}")));
-    }
-    #[allow(unreachable_code)]
-    Ok(Device::Cpu)
+    device_named(if cfg!(feature = "cuda") { "cuda:0" } else { "cpu" })
+}
+
+/// The process-wide device of a name (`cpu`, `cuda`, `cuda:N`); errors say what is missing.
+pub fn device_named(name: &str) -> FfiResult<Device> {
+    Ok(bunmind_engine::device::device_by_name(name)?)
 }
 
 /// Build a config from JSON: `{"preset": name, ...overrides}` or a full HF config.json object.
@@ -62,33 +62,74 @@ pub fn config_from_json(text: &str) -> FfiResult<ModelConfig> {
 }
 
 /// Random init (MiniMind's scheme) from `{"preset": ..., overrides}` or a full config, with `seed`.
+/// An optional `"device"` key (`cpu`, `cuda`, `cuda:N`) picks the device (default: [`device`]).
 ///
 /// # Safety
 /// `config` must point at `len` bytes; `out` at a u32.
 #[no_mangle]
 pub unsafe extern "C" fn bm_model_init(config: *const u8, len: usize, seed: u64, out: *mut u32) -> i32 {
     guard(|| {
-        let cfg = config_from_json(str_arg(config, len, "config")?)?;
-        let m = Model::new(&cfg, seed, &device()?)?;
+        let text = str_arg(config, len, "config")?;
+        let mut v: serde_json::Value = serde_json::from_str(text).map_err(|e| FfiError::arg(format!("model config: {e}")))?;
+        let dev = match v.as_object_mut().and_then(|o| o.remove("device")) {
+            None => device()?,
+            Some(serde_json::Value::String(name)) => device_named(&name)?,
+            Some(other) => return Err(FfiError::arg(format!("model config: \"device\" must be a string, got {other}"))),
+        };
+        let cfg = config_from_json(&v.to_string())?;
+        let m = Model::new(&cfg, seed, &dev)?;
         write_out(out, handles::insert(Kind::Model, ModelEntry::new(m, vec![])), "out")?;
         Ok(BM_OK)
     })
 }
 
-/// Load `dir/config.json` + `dir/model.safetensors` (f32/f16/bf16; with or without lm_head).
+fn load_on(dir: &str, dev: &Device, out: *mut u32) -> FfiResult<i32> {
+    if !Path::new(dir).is_dir() {
+        return Err(FfiError::arg(format!("{dir}: not a model directory (expected config.json + model.safetensors)")));
+    }
+    let (m, warnings) = Model::load_dir(dir, dev)?;
+    // SAFETY: the caller of the export guarantees `out`.
+    unsafe { write_out(out, handles::insert(Kind::Model, ModelEntry::new(m, warnings)), "out")? };
+    Ok(BM_OK)
+}
+
+/// Load `dir/config.json` + `dir/model.safetensors` (f32/f16/bf16; with or without lm_head) onto
+/// this build's default device.
 ///
 /// # Safety
 /// `dir` must point at `len` bytes; `out` at a u32.
 #[no_mangle]
 pub unsafe extern "C" fn bm_model_load(dir: *const u8, len: usize, out: *mut u32) -> i32 {
+    guard(|| load_on(str_arg(dir, len, "dir")?, &device()?, out))
+}
+
+/// As [`bm_model_load`], onto the named device (`cpu`, `cuda`, `cuda:N`).
+///
+/// # Safety
+/// `dir` / `device` must point at their lengths in bytes; `out` at a u32.
+#[no_mangle]
+pub unsafe extern "C" fn bm_model_load_on(dir: *const u8, len: usize, device: *const u8, device_len: usize, out: *mut u32) -> i32 {
     guard(|| {
         let dir = str_arg(dir, len, "dir")?;
-        if !Path::new(dir).is_dir() {
-            return Err(FfiError::arg(format!("{dir}: not a model directory (expected config.json + model.safetensors)")));
-        }
-        let (m, warnings) = Model::load_dir(dir, &device()?)?;
-        write_out(out, handles::insert(Kind::Model, ModelEntry::new(m, warnings)), "out")?;
-        Ok(BM_OK)
+        let dev = device_named(str_arg(device, device_len, "device")?)?;
+        load_on(dir, &dev, out)
+    })
+}
+
+/// Opens the named device (`cpu`, `cuda`, `cuda:N`) and writes what this build and machine offer:
+/// `{"device", "cuda_build", "gpus": [{"ordinal", "name", "compute_capability", "memory_bytes"}]}`.
+/// An error (with a message that says what is missing) when the device cannot be used.
+///
+/// # Safety
+/// `device` must point at `device_len` bytes; see [`write_bytes`] for the output.
+#[no_mangle]
+pub unsafe extern "C" fn bm_device_info(device: *const u8, device_len: usize, buf: *mut u8, cap: usize, out_len: *mut u32) -> i32 {
+    guard(|| {
+        let name = str_arg(device, device_len, "device")?;
+        let dev = device_named(name)?;
+        let mut info = bunmind_engine::device::cuda_info()?;
+        info["device"] = serde_json::Value::String(bunmind_engine::device::device_name(&dev));
+        write_bytes(info.to_string().as_bytes(), buf, cap, out_len)
     })
 }
 
@@ -134,7 +175,7 @@ pub unsafe extern "C" fn bm_model_info(h: u32, buf: *mut u8, cap: usize, out_len
             "config": cfg,
             "num_parameters": m.num_parameters(),
             "dtype": "f32",
-            "device": format!("{:?}", m.device()),
+            "device": bunmind_engine::device::device_name(m.device()),
             "warnings": e.warnings,
             "has_lora": m.has_lora(),
         });

@@ -140,7 +140,7 @@ pub unsafe extern "C" fn bm_trainer_load_checkpoint(h: u32, dir: *const u8, len:
     })
 }
 
-/// `{"step", "trainable_parameters", "config"}`.
+/// `{"step", "trainable_parameters", "compute_dtype", "device", "config"}`.
 ///
 /// # Safety
 /// See [`write_bytes`].
@@ -152,6 +152,8 @@ pub unsafe extern "C" fn bm_trainer_info(h: u32, buf: *mut u8, cap: usize, out_l
         let info = serde_json::json!({
             "step": tr.step_count(),
             "trainable_parameters": tr.trainable_parameters(),
+            "compute_dtype": tr.compute_dtype(),
+            "device": bunmind_engine::device::device_name(tr.model.device()),
             "config": serde_json::to_value(tr.config()).unwrap_or_default(),
         });
         write_bytes(info.to_string().as_bytes(), buf, cap, out_len)

@@ -1,6 +1,6 @@
 //! Dropout for training, driven by a caller-supplied mask source so runs are reproducible.
 //! Inference never calls it; `forward_train` without a source is dropout-free (eval mode).
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 
 use super::rng::Rng;
 use crate::Result;
@@ -33,18 +33,28 @@ impl DropoutSource for SeededDropout {
     }
 }
 
-/// What one forward pass needs besides its input: training mode and the dropout source.
+/// What one forward pass needs besides its input: training mode, the dropout source, and the
+/// autocast dtype (mixed precision: matmul inputs cast to it, see `Model::set_autocast`).
 pub struct ForwardCtx<'a> {
     pub(crate) train: bool,
     pub(crate) dropout: Option<&'a mut dyn DropoutSource>,
+    pub(crate) autocast: Option<DType>,
 }
 
 impl<'a> ForwardCtx<'a> {
     pub(crate) fn inference() -> Self {
-        ForwardCtx { train: false, dropout: None }
+        ForwardCtx { train: false, dropout: None, autocast: None }
     }
     pub(crate) fn train(dropout: Option<&'a mut dyn DropoutSource>) -> Self {
-        ForwardCtx { train: true, dropout }
+        ForwardCtx { train: true, dropout, autocast: None }
+    }
+
+    /// `t` in the autocast dtype (a differentiable cast), or `t` itself without autocast.
+    pub(crate) fn cast(&self, t: &Tensor) -> Result<Tensor> {
+        match self.autocast {
+            Some(dt) if t.dtype() != dt && t.dtype().is_float() => Ok(t.to_dtype(dt)?),
+            _ => Ok(t.clone()),
+        }
     }
 
     /// `x · mask` when training with a source and `p > 0`; otherwise `x` unchanged.
@@ -52,6 +62,7 @@ impl<'a> ForwardCtx<'a> {
         match (&mut self.dropout, self.train && p > 0.0) {
             (Some(src), true) => {
                 let mask = src.keep_mask(x.dims(), p, x.device())?;
+                let mask = if mask.dtype() != x.dtype() { mask.to_dtype(x.dtype())? } else { mask };
                 Ok(x.mul(&mask)?)
             }
             _ => Ok(x.clone()),

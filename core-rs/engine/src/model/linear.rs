@@ -61,14 +61,16 @@ impl Linear {
         self.weight.dims()[0]
     }
 
-    /// x: [..., in] → [..., out]
+    /// x: [..., in] → [..., out]. Under autocast, x and the weights are cast to the autocast
+    /// dtype (the f32 master weights stay as they are) and so is the output.
     pub fn forward(&self, x: &Tensor, ctx: &mut ForwardCtx) -> Result<Tensor> {
-        let y = matmul_t(x, &self.weight)?;
+        let x = &ctx.cast(x)?;
+        let y = matmul_t(x, &ctx.cast(&self.weight)?)?;
         match &self.lora {
             None => Ok(y),
             Some(l) => {
                 let xd = ctx.dropout(x, l.dropout)?;
-                let delta = matmul_t(&matmul_t(&xd, &l.a)?, &l.b)?;
+                let delta = matmul_t(&matmul_t(&xd, &ctx.cast(&l.a)?)?, &ctx.cast(&l.b)?)?;
                 Ok((y + delta.affine(l.scale, 0.0)?)?)
             }
         }

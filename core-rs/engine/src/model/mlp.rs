@@ -107,7 +107,13 @@ impl FeedForward {
     pub fn forward(&self, x: &Tensor, ctx: &mut ForwardCtx) -> Result<(Tensor, Option<Tensor>)> {
         match self {
             FeedForward::Dense(m) => Ok((m.forward(x, ctx)?, None)),
-            FeedForward::Moe(m) => m.forward(x, ctx),
+            FeedForward::Moe(m) => {
+                // The router and the expert mixing are f32 code: MoE layers run without autocast.
+                let saved = ctx.autocast.take();
+                let r = m.forward(x, ctx);
+                ctx.autocast = saved;
+                r
+            }
         }
     }
 }

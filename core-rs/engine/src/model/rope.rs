@@ -101,7 +101,8 @@ impl Rope {
         if let Some(y) = crate::ops::rope_bthd(x, cos, sin, self.interleaved)? {
             return Ok(y);
         }
-        Ok(self.apply_train(&x.transpose(1, 2)?, cos, sin)?.transpose(1, 2)?)
+        let (cos, sin) = (cos.to_dtype(x.dtype())?, sin.to_dtype(x.dtype())?);
+        Ok(self.apply_train(&x.transpose(1, 2)?, &cos, &sin)?.transpose(1, 2)?)
     }
 
     /// candle's fused kernels (no backward). x: [B, H, T, D] → [B, H, T, D]

@@ -52,11 +52,13 @@ impl Block {
         kv: Option<&mut Option<(Tensor, Tensor)>>,
         ctx: &mut ForwardCtx,
     ) -> Result<(Tensor, Option<Tensor>)> {
+        // Under autocast the residual stream stays f32 (as PyTorch autocast leaves it): the
+        // branches compute in the autocast dtype and are cast back where they join it.
         let a = norm_fwd(&self.input_layernorm, x, ctx.train)?;
-        let h = (x + self.self_attn.forward(&a, rope, cos, sin, mask, kv, ctx)?)?;
+        let h = (x + self.self_attn.forward(&a, rope, cos, sin, mask, kv, ctx)?.to_dtype(x.dtype())?)?;
         let m = norm_fwd(&self.post_attention_layernorm, &h, ctx.train)?;
         let (m, aux) = self.mlp.forward(&m, ctx)?;
-        Ok(((h + m)?, aux))
+        Ok(((&h + m.to_dtype(h.dtype())?)?, aux))
     }
 }
 
@@ -70,6 +72,8 @@ pub struct Model {
     pub(crate) norm: RmsNorm,
     pub(crate) lm_head: Option<Linear>, // None when tied
     pub(crate) rope: Rope,
+    /// Mixed precision of the training forward (None: f32 throughout). See [`Model::set_autocast`].
+    pub(crate) autocast: Option<DType>,
 }
 
 fn linear(vb: &VarBuilder, out: usize, inp: usize, name: &str) -> Result<Linear> {
@@ -173,6 +177,7 @@ impl Model {
             norm,
             lm_head,
             rope: Rope::new(cfg),
+            autocast: None,
         })
     }
 
@@ -181,6 +186,19 @@ impl Model {
     }
     pub fn device(&self) -> &Device {
         &self.device
+    }
+
+    /// Mixed precision for the training forward ([`Model::forward_train`]): `Some(BF16)` runs
+    /// the matmuls, attention and MLP in bf16 from the f32 master weights (cast at use, so the
+    /// gradients and the optimizer stay f32), keeps the residual stream and the norms in f32,
+    /// and produces bf16 logits (the loss reads them in f32). `None` (the default): f32
+    /// throughout. Inference ([`Model::forward`]) is always f32.
+    pub fn set_autocast(&mut self, dtype: Option<DType>) {
+        self.autocast = dtype;
+    }
+
+    pub fn autocast(&self) -> Option<DType> {
+        self.autocast
     }
     /// The VarMap (f32) holding every base parameter under its HF name.
     pub fn varmap(&self) -> &VarMap {
@@ -253,7 +271,7 @@ impl Model {
     fn head(&self, h: &Tensor, ctx: &mut ForwardCtx) -> Result<Tensor> {
         match &self.lm_head {
             Some(l) => l.forward(h, ctx),
-            None => matmul_t(h, &self.embed_tokens),
+            None => matmul_t(&ctx.cast(h)?, &ctx.cast(&self.embed_tokens)?),
         }
     }
 
@@ -270,6 +288,7 @@ impl Model {
         crate::ops::alloc::tune_for_training();
         let (ids, b, t) = self.check_ids(ids, 0)?;
         let mut ctx = ForwardCtx::train(dropout);
+        ctx.autocast = self.autocast;
         let dev = &self.device;
         let (cos, sin) = self.rope.tables(0, t, false, dev)?;
         let mut x = self.embed(&ids, b, t)?;

@@ -1,11 +1,15 @@
 //! Fused, differentiable CPU kernels for the training graph (candle `CustomOp`s with a real `bwd`).
 //!
-//! Each op runs on contiguous f32 CPU tensors; the public wrappers fall back to the equivalent
-//! candle op chain on any other device or dtype, so the device switch keeps working.
+//! Each op runs on contiguous f32 CPU tensors and, in the `cuda` build, on contiguous f32/bf16
+//! CUDA tensors (`cuda_fwd`, kernels in `<repo>/cuda/`, launched from [`cuda`]); the backward is
+//! built from the same ops, so it runs on either device. The public wrappers fall back to the
+//! equivalent candle op chain on any other device or dtype, so the device switch keeps working.
 //! Work is split over rows only (rayon); every reduction within a row, and the cross-row sum of
 //! [`rms_norm`]'s weight gradient (fixed row blocks, summed in block order), has a fixed order, so
 //! results are bitwise reproducible for any thread count.
 pub mod alloc;
+pub mod cuda;
+pub mod parity;
 pub mod rmsnorm;
 pub mod rope;
 pub mod softmax;
@@ -31,9 +35,14 @@ pub(crate) fn f32_data<'a>(s: &'a CpuStorage, l: &Layout, op: &str, what: &str) 
     }
 }
 
-/// True when the fused CPU kernels apply to `t`.
+/// True when the fused kernels apply to `t`: CPU f32, or (CUDA build) CUDA f32/bf16.
 pub(crate) fn fused_ok(t: &Tensor) -> bool {
-    t.device().is_cpu() && t.dtype() == candle_core::DType::F32
+    use candle_core::DType;
+    match t.device() {
+        candle_core::Device::Cpu => t.dtype() == DType::F32,
+        candle_core::Device::Cuda(_) => cuda::cuda_fused_enabled() && matches!(t.dtype(), DType::F32 | DType::BF16),
+        _ => false,
+    }
 }
 
 /// Rows per rayon task so that a task touches ≥ ~16K floats.

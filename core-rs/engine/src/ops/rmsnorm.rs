@@ -4,7 +4,7 @@
 //! `dx = inv · (dy⊙w − x̂ · Σ(dy⊙w⊙x̂) / n)`, `dw = Σ_rows dy ⊙ x̂`.
 //! The row statistic is recomputed in the backward (one pass over the row) instead of stored.
 //! `dw` sums fixed blocks of rows in parallel and then the block partials in block order.
-use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor, D};
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor, D};
 use rayon::prelude::*;
 
 use super::{f32_data, fused_ok, rows_per_task, uninit};
@@ -56,6 +56,11 @@ impl CustomOp2 for RmsNormOp {
             }
         });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, s1: &candle_core::CudaStorage, l1: &Layout, s2: &candle_core::CudaStorage, l2: &Layout) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        super::cuda::rms_norm_fwd(s1, l1, s2, l2, self.eps)
     }
 
     fn bwd(&self, x: &Tensor, w: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
@@ -112,6 +117,19 @@ impl CustomOp3 for RmsNormBwdX {
         });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        super::cuda::rms_norm_bwd_x(s1, l1, s2, l2, s3, l3, self.eps)
+    }
 }
 
 /// (x, dy) → dw = Σ_rows dy ⊙ x̂
@@ -157,17 +175,31 @@ impl CustomOp2 for RmsNormBwdW {
         }
         Ok((CpuStorage::F32(dw), Shape::from_dims(&[d])))
     }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, s1: &candle_core::CudaStorage, l1: &Layout, s2: &candle_core::CudaStorage, l2: &Layout) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        super::cuda::rms_norm_bwd_w(s1, l1, s2, l2, self.eps)
+    }
 }
 
-/// The op chain (differentiable everywhere): `x · (mean(x²) + eps)^(−1/2) · w`.
+/// The op chain (differentiable everywhere): `x · (mean(x²) + eps)^(−1/2) · w`, computed in f32
+/// whatever the input dtype (as MiniMind's `x.float()`), the result in x's dtype.
 pub fn rms_norm_reference(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
+    let dt = x.dtype();
+    if dt != DType::F32 && dt.is_float() {
+        let y = rms_norm_reference(&x.to_dtype(DType::F32)?, &w.to_dtype(DType::F32)?, eps)?;
+        return Ok(y.to_dtype(dt)?);
+    }
     let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
     let inv = (ms + eps)?.sqrt()?.recip()?;
     Ok(x.broadcast_mul(&inv)?.broadcast_mul(w)?)
 }
 
-/// Differentiable RMSNorm over the last dim (grads for x and w). Fused on CPU f32, op chain elsewhere.
+/// Differentiable RMSNorm over the last dim (grads for x and w). Fused on CPU f32 and on CUDA
+/// f32/bf16 (x and w of one dtype); the op chain elsewhere.
 pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
+    // A bf16 x (autocast, e.g. QK-norm) meets an f32 gain: cast the gain (differentiably).
+    let w = &if w.dtype() != x.dtype() { w.to_dtype(x.dtype())? } else { w.clone() };
     if fused_ok(x) && fused_ok(w) {
         return Ok(x.contiguous()?.apply_op2(&w.contiguous()?, RmsNormOp { eps: eps as f32 })?);
     }

@@ -65,6 +65,19 @@ impl CustomOp3 for RopeOp {
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        super::cuda::rope(s1, l1, s2, l2, s3, l3, self.interleaved, self.inverse)
+    }
+
     fn bwd(
         &self,
         _x: &Tensor,
@@ -80,9 +93,11 @@ impl CustomOp3 for RopeOp {
 }
 
 /// Differentiable rotation of x `[B, T, H, D]` by the angles of cos/sin `[T, D/2]`; fused on
-/// CPU f32. Returns None when the fused op does not apply (the caller uses its op chain).
+/// CPU f32 and on CUDA (x f32 or bf16, tables f32). Returns None when the fused op does not
+/// apply (the caller uses its op chain).
 pub fn rope_bthd(x: &Tensor, cos: &Tensor, sin: &Tensor, interleaved: bool) -> Result<Option<Tensor>> {
-    if !(fused_ok(x) && fused_ok(cos) && fused_ok(sin)) {
+    let f32_tables = cos.dtype() == candle_core::DType::F32 && sin.dtype() == candle_core::DType::F32;
+    if !(fused_ok(x) && fused_ok(cos) && fused_ok(sin) && f32_tables) {
         return Ok(None);
     }
     let op = RopeOp { interleaved, inverse: false };

@@ -78,6 +78,11 @@ impl CustomOp1 for ScaledSoftmax {
         Ok((CpuStorage::F32(out), layout.shape().clone()))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, storage: &candle_core::CudaStorage, layout: &Layout) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        super::cuda::softmax_fwd(storage, layout, self.scale, self.causal)
+    }
+
     fn bwd(&self, _arg: &Tensor, res: &Tensor, grad_res: &Tensor) -> candle_core::Result<Option<Tensor>> {
         let g = grad_res.contiguous()?;
         Ok(Some(res.contiguous()?.apply_op2_no_bwd(&g, &SoftmaxBwd { fwd: *self })?))
@@ -123,6 +128,11 @@ impl CustomOp2 for SoftmaxBwd {
         );
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, s1: &candle_core::CudaStorage, l1: &Layout, s2: &candle_core::CudaStorage, l2: &Layout) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        super::cuda::softmax_bwd(s1, l1, s2, l2, self.fwd.scale, self.fwd.causal)
+    }
 }
 
 /// [t, offset + t] additive causal mask (0 / −1e9), for the op-chain fallback.
@@ -131,7 +141,8 @@ pub fn causal_mask_tensor(t: usize, offset: usize, dev: &candle_core::Device) ->
 }
 
 /// Differentiable `softmax(scale · x)` over the last dim, optionally causal (`(t, offset)`, see
-/// the module doc). Fused on CPU f32; the exp/sum op chain with an additive mask elsewhere.
+/// the module doc). Fused on CPU f32 and CUDA f32/bf16; the exp/sum op chain with an additive
+/// mask elsewhere.
 pub fn softmax_scaled(x: &Tensor, scale: f64, causal: Option<(usize, usize)>) -> Result<Tensor> {
     if fused_ok(x) {
         let op = ScaledSoftmax { scale: scale as f32, causal };

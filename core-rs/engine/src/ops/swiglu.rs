@@ -36,6 +36,11 @@ impl CustomOp2 for SwiGlu {
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, s1: &candle_core::CudaStorage, l1: &Layout, s2: &candle_core::CudaStorage, l2: &Layout) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        super::cuda::swiglu_fwd(s1, l1, s2, l2)
+    }
+
     fn bwd(&self, g: &Tensor, u: &Tensor, _res: &Tensor, dy: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         let (g, u, dy) = (g.contiguous()?, u.contiguous()?, dy.contiguous()?);
         let dg = g.apply_op3_no_bwd(&u, &dy, &SwiGluBwd { wrt_gate: true })?;
@@ -81,11 +86,24 @@ impl CustomOp3 for SwiGluBwd {
         );
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        super::cuda::swiglu_bwd(s1, l1, s2, l2, s3, l3, self.wrt_gate)
+    }
 }
 
-/// Differentiable `silu(g) ⊙ u`: fused on CPU f32, candle ops elsewhere.
+/// Differentiable `silu(g) ⊙ u`: fused on CPU f32 and CUDA f32/bf16, candle ops elsewhere.
 pub fn swiglu(g: &Tensor, u: &Tensor) -> Result<Tensor> {
-    if fused_ok(g) && fused_ok(u) && g.shape() == u.shape() {
+    if fused_ok(g) && fused_ok(u) && g.shape() == u.shape() && g.dtype() == u.dtype() {
         return Ok(g.contiguous()?.apply_op2(&u.contiguous()?, SwiGlu)?);
     }
     swiglu_reference(g, u)

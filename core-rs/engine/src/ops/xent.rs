@@ -62,6 +62,11 @@ impl CustomOp2 for TokenLogProb {
         Ok((CpuStorage::F32(out), l2.shape().clone()))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, s1: &candle_core::CudaStorage, l1: &Layout, s2: &candle_core::CudaStorage, l2: &Layout) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        super::cuda::xent_fwd(s1, l1, s2, l2)
+    }
+
     fn bwd(&self, logits: &Tensor, targets: &Tensor, res: &Tensor, grad: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         // [..., 2]: (log p(target), dy) per row
         let lp_dy = Tensor::stack(&[res, grad], candle_core::D::Minus1)?.contiguous()?;
@@ -112,12 +117,26 @@ impl CustomOp3 for TokenLogProbBwd {
         );
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        super::cuda::xent_bwd(s1, l1, s2, l2, s3, l3)
+    }
 }
 
-/// Differentiable `log softmax(logits)[target]` over the last dim: logits [..., V] f32 CPU,
-/// targets [...] u32 → [...]. None when the fused op does not apply (caller uses the op chain).
+/// Differentiable `log softmax(logits)[target]` over the last dim: logits [..., V] (f32 on CPU,
+/// f32 or bf16 on CUDA), targets [...] u32 on the same device → [...] f32. None when the fused
+/// op does not apply (caller uses the op chain).
 pub fn token_logprobs_fused(logits: &Tensor, targets: &Tensor) -> Result<Option<Tensor>> {
-    if !fused_ok(logits) || !targets.device().is_cpu() || targets.dtype() != candle_core::DType::U32 {
+    if !fused_ok(logits) || !targets.device().same_device(logits.device()) || targets.dtype() != candle_core::DType::U32 {
         return Ok(None);
     }
     Ok(Some(logits.contiguous()?.apply_op2(&targets.contiguous()?, TokenLogProb)?))

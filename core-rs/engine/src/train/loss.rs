@@ -52,6 +52,12 @@ pub fn log_softmax_last(x: &Tensor) -> Result<Tensor> {
 /// which never materialises the full `[B, T, V]` log-softmax.
 /// On CPU f32 this is one fused op ([`crate::ops::token_logprobs_fused`]) with its own backward.
 pub fn token_logprobs(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    // CUDA takes bf16 logits as they are (f32 math inside, f32 out): no f32 copy of [.., V].
+    if logits.dtype() == DType::BF16 && logits.device().is_cuda() {
+        if let Some(lp) = crate::ops::token_logprobs_fused(logits, targets)? {
+            return Ok(lp);
+        }
+    }
     let logits = as_f32(logits)?;
     if let Some(lp) = crate::ops::token_logprobs_fused(&logits, targets)? {
         return Ok(lp);

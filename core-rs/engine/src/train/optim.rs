@@ -172,6 +172,40 @@ impl AdamW {
             if g.shape() != p.var.shape() {
                 return Err(Error::tensor(&p.name, format!("gradient shape {:?} != parameter shape {:?}", g.shape(), p.var.shape())));
             }
+            #[cfg(feature = "cuda")]
+            if p.var.device().is_cuda()
+                && crate::ops::cuda::cuda_fused_enabled()
+                && p.var.dtype() == DType::F32
+                && g.dtype() == DType::F32
+                && g.is_contiguous()
+                && p.var.is_contiguous()
+            {
+                // One kernel reads p, g, m, v and writes p, m, v (cuda/adamw.cu); all f32.
+                let m = match st.m.take() {
+                    Some(m) => m,
+                    None => Tensor::zeros(p.var.shape(), DType::F32, p.var.device())?,
+                };
+                let v = match st.v.take() {
+                    Some(v) => v,
+                    None => Tensor::zeros(p.var.shape(), DType::F32, p.var.device())?,
+                };
+                st.step += 1;
+                let t = st.step as i32;
+                let (bc1, bc2) = (1.0 - beta1.powi(t), 1.0 - beta2.powi(t));
+                let h = crate::ops::cuda::AdamWStep {
+                    beta1: beta1 as f32,
+                    beta2: beta2 as f32,
+                    decay: if p.decay && weight_decay != 0.0 { (1.0 - lr * weight_decay) as f32 } else { 1.0 },
+                    step: (lr / bc1) as f32,
+                    inv_sqrt_bc2: (1.0 / bc2.sqrt()) as f32,
+                    eps: eps as f32,
+                };
+                p.var.as_tensor().inplace_op3(&m, &v, &crate::ops::cuda::AdamWOp { grad: g.clone(), h })?;
+                st.m = Some(m);
+                st.v = Some(v);
+                stats.updated += 1;
+                continue;
+            }
             let fused = g.device().is_cpu()
                 && g.dtype() == DType::F32
                 && p.var.dtype() == DType::F32
