@@ -158,6 +158,9 @@ fn declines_what_it_does_not_implement() {
     moe.num_experts = 2;
     let m = Model::new(&moe, 1, &Device::Cpu).unwrap();
     assert!(fast::unsupported(&m).unwrap().contains("mixture"));
+    let mut bf = Model::new(&cfg(16, 4, 2, true, false), 1, &Device::Cpu).unwrap();
+    bf.set_autocast(Some(candle_core::DType::BF16));
+    assert!(fast::unsupported(&bf).unwrap().contains("autocast"));
     let base = Model::new(&cfg(16, 4, 2, true, false), 1, &Device::Cpu).unwrap();
     let tr = Trainer::new(base, TrainerConfig { lora: Some(LoraConfig::default()), ..Default::default() }, None, None).unwrap();
     assert!(fast::unsupported(&tr.model).unwrap().contains("LoRA"));

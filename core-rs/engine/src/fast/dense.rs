@@ -38,6 +38,9 @@ pub fn unsupported(model: &Model) -> Option<String> {
     if model.embed_tokens.dtype() != candle_core::DType::F32 {
         return Some("weights are not f32".into());
     }
+    if model.autocast().is_some() {
+        return Some("mixed-precision autocast".into());
+    }
     for l in &model.layers {
         if !matches!(l.mlp, FeedForward::Dense(_)) {
             return Some("mixture-of-experts layers".into());
