@@ -140,6 +140,19 @@ fn fast_step_applies(_model: &Model) -> bool {
     false
 }
 
+/// One micro-batch through the hand-written step: the summed loss, its token count, and the
+/// gradients (no autograd graph).
+#[cfg(not(target_arch = "wasm32"))]
+fn fast_micro_loss(model: &Model, batch: &Batch, dev: &Device) -> Result<MicroLoss> {
+    let step = crate::fast::lm_step(model, &batch.ids, &batch.targets, &batch.mask, batch.b, batch.t)?;
+    Ok(MicroLoss { loss: Tensor::new(step.loss_sum, dev)?, weight: step.count as f64, grads: Some(step.grads) })
+}
+
+#[cfg(target_arch = "wasm32")]
+fn fast_micro_loss(_model: &Model, _batch: &Batch, _dev: &Device) -> Result<MicroLoss> {
+    unreachable!("fast_step_applies is false on wasm32")
+}
+
 /// Dropout masks from the trainer's own RNG, so they are part of the resumable state.
 struct RngDropout<'a>(&'a mut Rng);
 
@@ -243,11 +256,7 @@ impl Trainer {
             let mut drop = RngDropout(rng);
             let src: Option<&mut dyn DropoutSource> = if dropout_p > 0.0 { Some(&mut drop) } else { None };
             match &objective {
-                Objective::Lm if use_fast => {
-                    let step = crate::fast::lm_step(model, &batch.ids, &batch.targets, &batch.mask, batch.b, batch.t)?;
-                    let loss = Tensor::new(step.loss_sum, &dev)?;
-                    Ok(MicroLoss { loss, weight: step.count as f64, grads: Some(step.grads) })
-                }
+                Objective::Lm if use_fast => fast_micro_loss(model, batch, &dev),
                 Objective::Lm => {
                     let (logits, aux) = model.forward_train_with(&ids, src)?;
                     let ce = masked_cross_entropy_sum(&logits, &targets, &mask)?;
