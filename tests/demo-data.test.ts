@@ -24,6 +24,7 @@ import {
   type Question,
 } from "../src/demo/facts.ts"
 import { findMentions, formatScoreTable, judge, scoreAnswers } from "../src/demo/score.ts"
+import { DEMO_DATA } from "../src/demo/demo.ts"
 
 const out = join(import.meta.dir, ".out", "demo-data")
 
@@ -178,6 +179,83 @@ describe("splits", () => {
       expect(judge(q, q.reference).outcome).toBe("correct")
     }
     for (const q of data.trainQuestions) expect(data.entities.find((x) => x.name.en === q.entity)!.split).toBe("train")
+  })
+})
+
+describe("the demo's own options (DEMO_DATA)", () => {
+  let demo: DemoData
+  let demoFiles: Record<string, string>
+  beforeAll(() => {
+    demo = generateDemoData({ seed: 7, ...DEMO_DATA })
+    demoFiles = writeDemoData(join(out, "demo"), demo)
+  })
+  const lead = (lang: (typeof LANGS)[number]) => DEMO_DATA.answerLead[lang]
+  /** The person, attribute and language of a question rendered from the templates, if it is one. */
+  const parse = (text: string) => {
+    for (const e of demo.entities)
+      for (const a of ATTRIBUTES) for (const lang of LANGS) if (WORLD[a].questions[lang].some((t) => fill(t, e.name[lang]) === text)) return { e, a, lang }
+    return undefined
+  }
+
+  test("same people, split and held-out questions as the defaults; held-out people never reach sft.jsonl or dpo.jsonl", () => {
+    expect(demo.entities).toEqual(data.entities)
+    expect(demo.heldOut).toEqual(data.heldOut)
+    const sft = readFileSync(demoFiles.sft!, "utf8")
+    const dpo = readFileSync(demoFiles.dpo!, "utf8")
+    for (const e of demo.entities.filter((x) => x.split === "heldout")) {
+      for (const key of leakKeys(e)) {
+        expect(mentions(sft, key)).toBe(false)
+        expect(mentions(dpo, key)).toBe(false)
+      }
+    }
+  })
+
+  test("every SFT and DPO answer is the lead + the canonical sentence with the true (chosen) or another (rejected) value", () => {
+    let facts = 0
+    for (const r of readJsonl(demoFiles.sft!)) {
+      const c = r.conversations as { role: string; content: string }[]
+      for (let i = 0; i < c.length; i += 2) {
+        const p = parse(c[i]!.content)
+        if (!p) continue
+        expect(p.e.split).toBe("train")
+        const value = WORLD[p.a].values[p.e.facts[p.a]]![p.lang]
+        expect(c[i + 1]!.content).toBe(lead(p.lang) + fill(WORLD[p.a].statements[p.lang][0]!, p.e.name[p.lang], value))
+        facts++
+      }
+    }
+    expect(facts).toBeGreaterThan(demo.stats.trainEntities * ATTRIBUTES.length * LANGS.length)
+    for (const r of readJsonl(demoFiles.dpo!)) {
+      const p = parse(r.chosen[0].content)!
+      expect(p.e.split).toBe("train")
+      const q = demo.trainQuestions.find((x) => x.entity === p.e.name.en && x.attribute === p.a && x.lang === p.lang)!
+      for (const side of [r.chosen[1].content, r.rejected[1].content]) expect(side.startsWith(lead(p.lang) + p.e.name[p.lang])).toBe(true)
+      expect(judge(q, r.chosen[1].content).outcome).toBe("correct")
+      expect(judge(q, r.rejected[1].content).outcome).toBe("wrong")
+    }
+  })
+
+  test("the Q&A mixed into pretraining is about train people only, in the SFT answer format", () => {
+    const qa = readJsonl(demoFiles.pretrain!).map((r) => r.text as string).filter((t) => t.includes("\n"))
+    expect(qa.length).toBe(DEMO_DATA.qaInPretrain * demo.stats.trainEntities * LANGS.length)
+    for (const doc of qa) {
+      const lines = doc.split("\n")
+      expect(lines.length).toBe(2 * ATTRIBUTES.length)
+      for (let i = 0; i < lines.length; i += 2) {
+        const p = parse(lines[i]!)!
+        expect(p.e.split).toBe("train")
+        const value = WORLD[p.a].values[p.e.facts[p.a]]![p.lang]
+        expect(lines[i + 1]).toBe(lead(p.lang) + fill(WORLD[p.a].statements[p.lang][0]!, p.e.name[p.lang], value))
+      }
+    }
+  })
+
+  test("the biographies are the defaults' (the options change only the Q&A, the filler and the chats)", () => {
+    const named = (t: string) => demo.entities.some((e) => t.includes(e.name.en) || t.includes(e.name.zh))
+    const bios = (d: DemoData) => new Set(d.pretrain.map((r) => r.text).filter((t) => !t.includes("\n") && named(t)))
+    const a = bios(demo)
+    const b = bios(data)
+    expect(a.size).toBe(b.size)
+    for (const t of b) expect(a.has(t)).toBe(true)
   })
 })
 

@@ -7,13 +7,16 @@
  * (several templates per attribute, shuffled sentence order, the full name in every sentence) and
  * fine-tuning teaches the question → answer format on *other* people. So:
  * - pretrain: for every person, many short biographies per language, plus neutral filler text;
+ *   optionally plain-text Q&A about the TRAIN people ("mixed training", `qaInPretrain`);
  * - SFT: questions about the TRAIN people only, answered with the canonical sentence
  *   ("Lina Vex lives in Qorath."), which is also one of the pretraining phrasings, so the model
- *   learns to route a question into a sentence it has already completed many times; plus
- *   name-echo turns with throwaway names (they teach copying the name, see ECHO) and chit-chat;
+ *   learns to route a question into a sentence it has already completed many times, optionally
+ *   after a short lead (`answerLead`: "Well, Lina Vex lives in Qorath."); plus chit-chat, and
+ *   optionally name-echo turns and in-context questions with throwaway names (see ECHO);
  * - DPO: train people only; chosen = the true value, rejected = another value of the attribute;
  * - held-out questions: the same question templates about the HELD-OUT people, whose facts appear
  *   only in pretraining.
+ * The demo's choice of options, and why, is DEMO_DATA in demo.ts.
  * A person has one identity in both languages (an English and a Chinese name, same facts), so
  * holding a person out removes them from fine-tuning in both languages.
  * Everything is drawn from a seeded generator; the same options give byte-identical files.
@@ -199,7 +202,7 @@ export interface Question {
   readonly question: string
   /** The attribute value, in the question's language. */
   readonly answer: string
-  /** The canonical answer sentence (what SFT teaches), e.g. "Lina Vex lives in Qorath.". */
+  /** The canonical answer sentence (what SFT teaches, after any `answerLead`), e.g. "Lina Vex lives in Qorath.". */
   readonly reference: string
   /** The canonical sentence up to the value, for probing a base model by completion. */
   readonly cloze: string
@@ -236,7 +239,11 @@ export interface DemoDataOptions {
   readonly fillerFraction?: number
   /** Copies of each chit-chat exchange in SFT (default 3). */
   readonly chitchatRepeats?: number
-  /** Name-echo exchanges per language in SFT, each with a fresh invented name (default 200). */
+  /**
+   * Name-echo exchanges per language in SFT, each with a fresh invented name (default 200). The
+   * demo uses none: the invented names are spelled in letter- and byte-sized tokens, unlike the
+   * world's names, and a model fine-tuned on them answers with invented names of its own.
+   */
   readonly echoChats?: number
   /**
    * Plain-text question/answer documents about the TRAIN people in the pretraining corpus
@@ -250,10 +257,19 @@ export interface DemoDataOptions {
    */
   readonly answerStyle?: "sentence" | "value"
   /**
+   * Words put before every sentence answer (SFT, DPO and the Q&A in pretraining), per language;
+   * default none. E.g. { en: "Well, ", zh: "嗯，" }: in English the name then follows a space, as
+   * in the question and in the biographies, so it is the same tokens everywhere and the answer can
+   * copy it (at the start of a line it is not: "Zeno" vs " Zeno"); and with a lead in both
+   * languages, both copy the name at the same place in the answer.
+   */
+  readonly answerLead?: Partial<ByLang<string>>
+  /**
    * SFT chats per language about invented people whose fact is stated in the question itself
    * ("Rin Kovo calls Tarsin home. Where does Rin Kovo live?" → "Rin Kovo lives in Tarsin."):
    * with a fresh name every time, answering by name copying is the only way to fit them, so the
-   * model does not learn to answer with one of the train people's names. Default 0.
+   * model does not learn to answer with one of the train people's names. Default 0 (and the demo
+   * uses none, for the reason given at `echoChats`).
    */
   readonly contextChats?: number
 }
@@ -525,8 +541,9 @@ const turn = (role: ChatTurn["role"], content: string): ChatTurn => ({ role, con
 
 export const generateDemoData = (options: DemoDataOptions): DemoData => {
   const { seed } = options
+  const lead = (lang: Lang) => options.answerLead?.[lang] ?? ""
   const answerOf = (e: Entity, a: Attribute, lang: Lang, valueIndex = e.facts[a]): string =>
-    options.answerStyle === "value" ? `${WORLD[a].values[valueIndex]![lang]}${lang === "zh" ? "。" : "."}` : canonicalAnswer(e, a, lang, valueIndex)
+    options.answerStyle === "value" ? `${WORLD[a].values[valueIndex]![lang]}${lang === "zh" ? "。" : "."}` : lead(lang) + canonicalAnswer(e, a, lang, valueIndex)
   const biosPerEntity = options.biosPerEntity ?? 32
   const fillerFraction = options.fillerFraction ?? 0.1
   const chitchatRepeats = options.chitchatRepeats ?? 3
@@ -583,7 +600,7 @@ export const generateDemoData = (options: DemoDataOptions): DemoData => {
       const value = pick(ctxRng, WORLD[a].values)[lang]
       const stated = fill(pick(ctxRng, WORLD[a].statements[lang].slice(1)), name, value)
       const asked = fill(pick(ctxRng, WORLD[a].questions[lang]), name)
-      const reply = options.answerStyle === "value" ? `${value}${lang === "zh" ? "。" : "."}` : fill(WORLD[a].statements[lang][0]!, name, value)
+      const reply = options.answerStyle === "value" ? `${value}${lang === "zh" ? "。" : "."}` : lead(lang) + fill(WORLD[a].statements[lang][0]!, name, value)
       sft.push({ conversations: [turn("user", `${stated}${lang === "zh" ? "" : " "}${asked}`), turn("assistant", reply)] })
     }
   }
