@@ -47,6 +47,21 @@ export interface StepResult {
   dpo?: { chosen_reward: number; rejected_reward: number; reward_margin: number; accuracy: number }
   kl?: number
   ce?: number
+  /** Data-parallel: some rank asked to stop after this step (the same on every rank). */
+  stop?: boolean
+  /** Ranks that took part in the step. */
+  world_size: number
+}
+
+/** How one rank joins a data-parallel job (see core-rs/engine/src/dist). */
+export interface DistJoin {
+  backend: "nccl" | "tcp"
+  rank: number
+  world_size: number
+  /** File rank 0 writes its address / NCCL id to; every rank must see it. */
+  rendezvous: string
+  /** Seconds to wait for the other ranks (rendezvous and each collective). */
+  timeout_s?: number
 }
 
 /** Rows `[b, t]` of inputs, targets and mask, flattened. */
@@ -93,6 +108,20 @@ export class Trainer {
     return { sum: out[0]!, count: out[1]! }
   }
 
+  /**
+   * Joins a data-parallel job: blocks until every rank has joined, then takes rank 0's weights.
+   * Later steps sum the gradients over the ranks.
+   */
+  join(cfg: DistJoin): void {
+    const c = utf8(JSON.stringify(cfg))
+    this.native.check("bm_trainer_join", this.native.sym.bm_trainer_join(this.handle, ptrOf(c), c.byteLength))
+  }
+
+  /** Asks every rank to stop after the next step (its result then has `stop: true`). */
+  requestStop(on = true): void {
+    this.native.check("bm_trainer_request_stop", this.native.sym.bm_trainer_request_stop(this.handle, on ? 1 : 0))
+  }
+
   saveCheckpoint(dir: string, extra: unknown): void {
     const d = utf8(dir)
     const e = utf8(JSON.stringify(extra ?? null))
@@ -105,7 +134,14 @@ export class Trainer {
     return JSON.parse(this.native.readString("bm_trainer_load_checkpoint", (b, c, l) => this.native.sym.bm_trainer_load_checkpoint(this.handle, ptrOf(d), d.byteLength, b, c, l)))
   }
 
-  info(): { step: number; trainable_parameters: number; compute_dtype: "bf16" | "f32"; device: string; config: unknown } {
+  info(): {
+    step: number
+    trainable_parameters: number
+    compute_dtype: "bf16" | "f32"
+    device: string
+    config: unknown
+    dist: { rank: number; world_size: number; backend: string } | null
+  } {
     return JSON.parse(this.native.readString("bm_trainer_info", (b, c, l) => this.native.sym.bm_trainer_info(this.handle, b, c, l)))
   }
 

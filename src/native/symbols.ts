@@ -60,6 +60,8 @@ export const symbols = {
   bm_trainer_info: { args: [u32, ptr, usize, ptr], returns: i32 },
   bm_trainer_model: { args: [u32, ptr], returns: i32 },
   bm_trainer_save_adapters: { args: [u32, ptr, usize], returns: i32 },
+  bm_trainer_join: { args: [u32, ptr, usize], returns: i32 },
+  bm_trainer_request_stop: { args: [u32, i32], returns: i32 },
 
   // Single engine ops on caller-owned arrays (bench/kernels.ts): (..., out, out_len, op_ns) → status.
   bm_kernel_matmul: { args: [ptr, ptr, usize, usize, usize, ptr, usize, ptr], returns: i32 },

@@ -126,6 +126,11 @@ pub struct StepResult {
     pub kl: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ce: Option<f64>,
+    /// Data-parallel: some rank asked to stop after this step (every rank sees the same value).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub stop: bool,
+    /// Number of ranks that took part in the step (1 without data parallelism).
+    pub world_size: usize,
 }
 
 /// True when the LM objective can train `model` through [`crate::fast::lm_step`]: a dense CPU
@@ -171,6 +176,10 @@ pub struct Trainer {
     rng: Rng,
     step: u64,
     cfg: TrainerConfig,
+    /// Data-parallel collective (see [`Trainer::join`]).
+    #[cfg(not(target_arch = "wasm32"))]
+    dist: Option<Box<dyn crate::dist::Collective>>,
+    stop_requested: bool,
 }
 
 impl Trainer {
@@ -211,7 +220,19 @@ impl Trainer {
         };
         let opt = AdamW::new(params, opt_cfg)?;
         let rng = Rng::new(cfg.seed);
-        Ok(Trainer { model, adapters, reference, teacher, opt, rng, step: 0, cfg })
+        Ok(Trainer {
+            model,
+            adapters,
+            reference,
+            teacher,
+            opt,
+            rng,
+            step: 0,
+            cfg,
+            #[cfg(not(target_arch = "wasm32"))]
+            dist: None,
+            stop_requested: false,
+        })
     }
 
     pub fn config(&self) -> &TrainerConfig {
@@ -225,6 +246,38 @@ impl Trainer {
         } else {
             "f32"
         }
+    }
+
+    /// Joins a data-parallel job: from now on every `step` sums losses and gradients over the
+    /// ranks of `col`. The trainable weights are first broadcast from rank 0, so every rank starts
+    /// from the same point (as DDP does).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn join(&mut self, mut col: Box<dyn crate::dist::Collective>) -> Result<()> {
+        if self.dist.is_some() {
+            return Err(Error::input("this trainer has already joined a data-parallel job"));
+        }
+        let vars = self.opt.vars();
+        let current: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().detach()).collect();
+        let from_root = col.broadcast_tensors(&current, 0)?;
+        if col.rank() != 0 {
+            for (v, t) in vars.iter().zip(from_root) {
+                v.set(&t)?;
+            }
+        }
+        self.dist = Some(col);
+        Ok(())
+    }
+
+    /// `(rank, world size, backend)` of the data-parallel job, if joined.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn dist_info(&self) -> Option<(usize, usize, &'static str)> {
+        self.dist.as_ref().map(|c| (c.rank(), c.world_size(), c.backend()))
+    }
+
+    /// Asks every rank to stop after the next step (its result has `stop: true` on all ranks).
+    /// Without data parallelism the next step reports it back the same way.
+    pub fn request_stop(&mut self, on: bool) {
+        self.stop_requested = on;
     }
 
     pub fn step_count(&self) -> u64 {
@@ -250,8 +303,21 @@ impl Trainer {
         let n_micro = micro.len() as f64;
         // The hand-written dense step (same arithmetic, no autograd graph) when it applies.
         let use_fast = fast_step_applies(&self.model);
+        let grad_clip = self.cfg.grad_clip;
+        // Summed over the ranks with the gradients: tokens and stop requests. (The reported MoE
+        // aux loss stays this rank's.)
+        let mut extra = [total_tokens, if self.stop_requested { 1.0 } else { 0.0 }];
+        #[cfg(not(target_arch = "wasm32"))]
+        let Trainer { model, reference, teacher, opt, rng, dist, .. } = self;
+        #[cfg(target_arch = "wasm32")]
         let Trainer { model, reference, teacher, opt, rng, .. } = self;
-        let report = train::train_step(opt, micro.iter(), lr, self.cfg.grad_clip, |batch: &Batch| {
+        #[cfg(not(target_arch = "wasm32"))]
+        let world_size = dist.as_ref().map_or(1, |c| c.world_size());
+        #[cfg(not(target_arch = "wasm32"))]
+        let sync = dist.as_deref_mut().map(|collective| train::StepSync { collective, extra: &mut extra });
+        #[cfg(target_arch = "wasm32")]
+        let (sync, world_size): (Option<train::StepSync>, usize) = (None, 1);
+        let report = train::train_step_synced(opt, micro.iter(), lr, grad_clip, sync, |batch: &Batch| {
             let (ids, targets, mask) = batch.tensors(&dev)?;
             let mut drop = RngDropout(rng);
             let src: Option<&mut dyn DropoutSource> = if dropout_p > 0.0 { Some(&mut drop) } else { None };
@@ -295,6 +361,9 @@ impl Trainer {
             }
         })?;
         self.step += 1;
+        // Local values unless a collective summed them over the ranks.
+        let (tokens, stop) = if world_size > 1 { (extra[0], extra[1] > 0.0) } else { (total_tokens, self.stop_requested) };
+        self.stop_requested = false;
         let (kl, ce) = match kl_ce {
             Some((k, c)) => (Some(k), Some(c)),
             None => (None, None),
@@ -304,12 +373,14 @@ impl Trainer {
             loss: report.loss,
             grad_norm: report.grad_norm,
             lr,
-            tokens: total_tokens,
+            tokens,
             applied: report.applied,
             aux_loss: aux_total,
             dpo: dpo_metrics,
             kl,
             ce,
+            stop,
+            world_size,
         })
     }
 

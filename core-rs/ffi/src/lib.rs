@@ -201,6 +201,7 @@ pub unsafe extern "C" fn bm_build_info(buf: *mut u8, cap: usize, out_len: *mut u
             "abi": ABI_VERSION,
             "cuda": cfg!(feature = "cuda"),
             "cuda_kernels": bunmind_engine::ops::cuda::KERNELS_BUILT,
+            "nccl": bunmind_engine::dist::has_nccl(),
             "threads": rayon_threads(),
         });
         write_bytes(info.to_string().as_bytes(), buf, cap, out_len)

@@ -92,6 +92,36 @@ pub unsafe extern "C" fn bm_trainer_step(
     })
 }
 
+/// Joins a data-parallel job (one rank of it): `config` is JSON `{"backend": "nccl"|"tcp",
+/// "rank", "world_size", "rendezvous": <file>, "timeout_s"}`. Blocks until every rank has joined
+/// (or the timeout), then broadcasts the trainable weights from rank 0. Later steps sum the
+/// gradients over the ranks.
+///
+/// # Safety
+/// `config` must point at `len` bytes.
+#[no_mangle]
+pub unsafe extern "C" fn bm_trainer_join(h: u32, config: *const u8, len: usize) -> i32 {
+    guard(|| {
+        let tr = trainer(h)?;
+        let text = str_arg(config, len, "config")?;
+        let cfg: bunmind_engine::dist::DistConfig = serde_json::from_str(text).map_err(|e| FfiError::arg(format!("data-parallel config: {e}")))?;
+        let mut tr = tr.lock().unwrap_or_else(|p| p.into_inner());
+        let col = bunmind_engine::dist::connect(&cfg, tr.model.device())?;
+        tr.join(col)?;
+        Ok(BM_OK)
+    })
+}
+
+/// Asks every rank to stop after the next step (`on` ≠ 0; 0 withdraws the request): that step's
+/// result has `"stop": true` on every rank, so all of them stop after the same step.
+#[no_mangle]
+pub extern "C" fn bm_trainer_request_stop(h: u32, on: i32) -> i32 {
+    guard(|| {
+        trainer(h)?.lock().unwrap_or_else(|p| p.into_inner()).request_stop(on != 0);
+        Ok(BM_OK)
+    })
+}
+
 /// Held-out masked cross-entropy on the trainer's current model: writes `[sum, count]`.
 ///
 /// # Safety
@@ -155,6 +185,7 @@ pub unsafe extern "C" fn bm_trainer_info(h: u32, buf: *mut u8, cap: usize, out_l
             "compute_dtype": tr.compute_dtype(),
             "device": bunmind_engine::device::device_name(tr.model.device()),
             "config": serde_json::to_value(tr.config()).unwrap_or_default(),
+            "dist": tr.dist_info().map(|(rank, world_size, backend)| serde_json::json!({"rank": rank, "world_size": world_size, "backend": backend})),
         });
         write_bytes(info.to_string().as_bytes(), buf, cap, out_len)
     })

@@ -57,6 +57,30 @@ impl GradAccumulator {
         Ok(out)
     }
 
+    /// 1.0 for each var that has received a gradient, else 0.0 (in var order).
+    pub fn presence(&self) -> Vec<f64> {
+        self.sums.iter().map(|s| if s.is_some() { 1.0 } else { 0.0 }).collect()
+    }
+
+    /// Replaces the sums with their sums over all ranks of `col`. `global_presence` is
+    /// [`presence`](Self::presence) summed over the ranks: a var that some rank has a gradient for
+    /// takes part on every rank (with zeros where absent); one no rank has stays absent.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn all_reduce(&mut self, col: &mut dyn crate::dist::Collective, global_presence: &[f64]) -> Result<()> {
+        let idx: Vec<usize> = (0..self.vars.len()).filter(|&i| global_presence.get(i).copied().unwrap_or(0.0) > 0.0).collect();
+        let local = idx
+            .iter()
+            .map(|&i| match self.sums[i].take() {
+                Some(s) => Ok(s),
+                None => Ok(self.vars[i].as_tensor().zeros_like()?),
+            })
+            .collect::<Result<Vec<Tensor>>>()?;
+        for (i, t) in idx.into_iter().zip(col.all_reduce_tensors(&local)?) {
+            self.sums[i] = Some(t);
+        }
+        Ok(())
+    }
+
     /// Drops what was accumulated (e.g. after a non-finite loss).
     pub fn reset(&mut self) {
         self.sums.iter_mut().for_each(|s| *s = None);

@@ -75,7 +75,38 @@ pub struct StepReport {
 
 /// Forward/backward every micro-batch, accumulate, normalise by Σ weight, clip to
 /// `max_grad_norm` (if any), and apply one AdamW step at `lr`.
-pub fn train_step<B, I, F>(opt: &mut AdamW, micro_batches: I, lr: f64, max_grad_norm: Option<f64>, mut loss_fn: F) -> Result<StepReport>
+pub fn train_step<B, I, F>(opt: &mut AdamW, micro_batches: I, lr: f64, max_grad_norm: Option<f64>, loss_fn: F) -> Result<StepReport>
+where
+    I: IntoIterator<Item = B>,
+    F: FnMut(B) -> Result<MicroLoss>,
+{
+    train_step_synced(opt, micro_batches, lr, max_grad_norm, None, loss_fn)
+}
+
+/// Data-parallel part of a step: the collective, and caller values to sum over the ranks too.
+#[cfg(not(target_arch = "wasm32"))]
+pub struct StepSync<'a> {
+    pub collective: &'a mut dyn crate::dist::Collective,
+    /// Summed over all ranks in place (e.g. token counts, stop requests).
+    pub extra: &'a mut [f64],
+}
+
+#[cfg(target_arch = "wasm32")]
+pub struct StepSync<'a> {
+    pub extra: &'a mut [f64],
+}
+
+/// [`train_step`] on one rank of a data-parallel job: after the local micro-batches, the loss
+/// sums, weights, gradients (and `sync.extra`) are summed over the ranks, so the update is the
+/// one a single process would make on the union of all ranks' micro-batches.
+pub fn train_step_synced<B, I, F>(
+    opt: &mut AdamW,
+    micro_batches: I,
+    lr: f64,
+    max_grad_norm: Option<f64>,
+    sync: Option<StepSync<'_>>,
+    mut loss_fn: F,
+) -> Result<StepReport>
 where
     I: IntoIterator<Item = B>,
     F: FnMut(B) -> Result<MicroLoss>,
@@ -92,7 +123,22 @@ where
             None => accum.add(&loss.backward()?)?,
         }
     }
-    let micro_batches = accum.micro_steps();
+    let mut micro_batches = accum.micro_steps();
+    #[cfg(not(target_arch = "wasm32"))]
+    if let Some(StepSync { collective, extra }) = sync {
+        // One small all-reduce for the control values, then one for the gradients.
+        let presence = accum.presence();
+        let mut ctl = vec![loss_sum, weight, micro_batches as f64];
+        ctl.extend_from_slice(&presence);
+        ctl.extend_from_slice(extra);
+        collective.all_reduce_host(&mut ctl)?;
+        (loss_sum, weight, micro_batches) = (ctl[0], ctl[1], ctl[2].round() as usize);
+        let n = presence.len();
+        extra.copy_from_slice(&ctl[3 + n..]);
+        accum.all_reduce(collective, &ctl[3..3 + n])?;
+    }
+    #[cfg(target_arch = "wasm32")]
+    let _ = sync;
     if micro_batches == 0 || weight <= 0.0 {
         return Err(crate::Error::input("train_step: no micro-batch, or total weight is 0 (nothing to learn from)"));
     }
