@@ -11,7 +11,8 @@ import { join } from "node:path"
 import { initModelSync } from "../src/model/model.ts"
 import { NativeLoadError } from "../src/native/errors.ts"
 import { libraryPath, loadNativeSync, parseDeviceName, ptrOf, utf8 } from "../src/native/library.ts"
-import { distEnv, nprocProblem, shardIndices, type NprocFacts } from "../src/train/distributed.ts"
+import { distEnv, nprocProblem, type NprocFacts } from "../src/train/distributed.ts"
+import { rankMicroBatches, rankSplitProblem } from "../src/train/loop.ts"
 import { cli, repo } from "./helpers/cli.ts"
 
 const out = join(import.meta.dir, ".out", "cuda-device")
@@ -171,31 +172,36 @@ describe("--nproc (data-parallel training)", () => {
     }
     expect(nprocProblem(1, "cpu", never)).toBeNull()
     expect(nprocProblem(2, "cpu", never)).toMatch(/this run is on the CPU/)
+    expect(nprocProblem(2, "cpu", never)).toMatch(/--dist-backend tcp/)
+    // The socket backend runs anywhere (no GPU facts needed).
+    expect(nprocProblem(2, "cpu", never, "tcp")).toBeNull()
+    expect(nprocProblem(2, "cuda:1", never, "tcp")).toMatch(/ranks use cuda:0..cuda:1/)
     expect(nprocProblem(2, "cuda:1", never)).toMatch(/ranks use cuda:0..cuda:1/)
     expect(nprocProblem(2, "cuda", facts({ ok: false, reason: "no NVIDIA driver" }))).toMatch(/no NVIDIA driver/)
     expect(nprocProblem(4, "cuda", facts({ ok: true, gpus: 2, nccl: true }))).toMatch(/this machine has 2 GPU\(s\)/)
-    expect(nprocProblem(2, "cuda", facts({ ok: true, gpus: 8, nccl: false }))).toMatch(/no NCCL support/)
+    expect(nprocProblem(2, "cuda", facts({ ok: true, gpus: 8, nccl: false }))).toMatch(/has no NCCL: rebuild it/)
     expect(nprocProblem(2, "cuda", facts({ ok: true, gpus: 2, nccl: true }))).toBeNull()
   })
 
-  test("per-rank shards partition the global batch, in order", () => {
-    const global = Uint32Array.from([9, 3, 7, 1, 0, 4, 8, 2])
-    const shards = [0, 1, 2, 3].map((r) => Array.from(shardIndices(global, r, 4)))
-    expect(shards).toEqual([[9, 3], [7, 1], [0, 4], [8, 2]])
-    expect(shards.flat()).toEqual(Array.from(global))
-    expect(Array.from(shardIndices(global, 0, 1))).toEqual(Array.from(global))
-    expect(() => shardIndices(global, 0, 3)).toThrow(/does not split evenly/)
-    expect(() => shardIndices(global, 4, 4)).toThrow(/rank 4/)
+  test("each rank trains on a contiguous share of the step, in micro-batches of at most --batch-size rows", () => {
+    const step = [9, 3, 7, 1, 0, 4, 8, 2]
+    const shares = [0, 1, 2, 3].map((r) => rankMicroBatches(step, 4, r, 4))
+    expect(shares).toEqual([[[9, 3]], [[7, 1]], [[0, 4]], [[8, 2]]])
+    // Two ranks, batch 2: each rank's 4 rows in two micro-batches; the union is the step, in order.
+    const two = [0, 1].map((r) => rankMicroBatches(step, 2, r, 2))
+    expect(two).toEqual([[[9, 3], [7, 1]], [[0, 4], [8, 2]]])
+    expect(two.flat(2)).toEqual(step)
+    // A share that batch 4 does not divide: the largest micro-batch that does (6 rows → 3 + 3).
+    expect(rankMicroBatches([...step, 5, 6, 10, 11], 4, 0, 2)).toEqual([[9, 3, 7], [1, 0, 4]])
+    expect(rankMicroBatches(step, 4, 0, 1)).toEqual([[9, 3, 7, 1], [0, 4, 8, 2]])
+    expect(() => rankMicroBatches(step, 4, 0, 3)).toThrow(/does not split evenly over 3 ranks/)
+    expect(rankSplitProblem({ batchSize: 4, accum: 1 }, 2)).toBeNull()
+    expect(rankSplitProblem({ batchSize: 3, accum: 1 }, 2)).toMatch(/--nproc 2 must divide .*--batch-size 3 × --accum 1 = 3.*--accum 2/)
   })
 
   test("rank environment: BUNMIND_* first, torchrun's names as a fallback", () => {
     expect(distEnv({})).toEqual({ rank: 0, worldSize: 1, localRank: 0 })
-    expect(distEnv({ BUNMIND_RANK: "1", BUNMIND_WORLD_SIZE: "2", BUNMIND_NCCL_ID_FILE: "/tmp/id" })).toEqual({
-      rank: 1,
-      worldSize: 2,
-      localRank: 1,
-      ncclIdFile: "/tmp/id",
-    })
+    expect(distEnv({ BUNMIND_RANK: "1", BUNMIND_WORLD_SIZE: "2" })).toEqual({ rank: 1, worldSize: 2, localRank: 1 })
     expect(distEnv({ RANK: "3", WORLD_SIZE: "4", LOCAL_RANK: "1" })).toEqual({ rank: 3, worldSize: 4, localRank: 1 })
     expect(() => distEnv({ BUNMIND_RANK: "2", BUNMIND_WORLD_SIZE: "2" })).toThrow(/outside a world of 2/)
   })

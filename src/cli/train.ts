@@ -12,7 +12,7 @@ import { lora as loraStage } from "../train/lora.ts"
 import { pretrain } from "../train/pretrain.ts"
 import { sft } from "../train/sft.ts"
 import { STAGE_DEFAULTS, STAGE_INIT } from "../train/stages.ts"
-import { machineFacts, nprocProblem } from "../train/distributed.ts"
+import { machineFacts, nprocProblem, type DistBackend } from "../train/distributed.ts"
 import { writeJsonAtomic } from "../util/fs.ts"
 import { UsageError } from "./errors.ts"
 import { deviceFlag, parseDevice } from "./model.ts"
@@ -22,13 +22,18 @@ const opt = <A>(f: Flag.Flag<A>, description: string) => f.pipe(Flag.optional, F
 
 export const nprocFlag = Flag.Int("nproc").pipe(
   Flag.withDefault(1),
-  Flag.withDescription("data-parallel processes, one per GPU (N > 1 needs --device cuda, NCCL and N GPUs)"),
+  Flag.withDescription("data-parallel processes, one per GPU: each step's --batch-size × --accum sequences are split over them (N > 1 needs --device cuda, NCCL and N GPUs)"),
+)
+
+export const distBackendFlag = Flag.Literals("dist-backend", ["nccl", "tcp"] as const).pipe(
+  Flag.withDefault("nccl" as const),
+  Flag.withDescription("how --nproc ranks sum gradients: nccl (GPUs) or tcp (sockets on the host; runs on the CPU, for trying and testing)"),
 )
 
 /** Fails with a `UsageError` that says what is missing when `--nproc n` cannot run on `device`. */
-export const checkNproc = (n: number, device: Device) =>
+export const checkNproc = (n: number, device: Device, backend: DistBackend = "nccl") =>
   Effect.suspend(() => {
-    const problem = nprocProblem(n, device, machineFacts)
+    const problem = nprocProblem(n, device, machineFacts, backend)
     return problem ? Effect.fail(new UsageError({ message: problem })) : Effect.void
   })
 
@@ -59,6 +64,7 @@ const commonFlags = {
   stripThinkP: Flag.Finite("strip-empty-think").pipe(Flag.withDefault(0), Flag.withDescription("SFT: share of empty think blocks stripped (upstream 0.8)")),
   device: deviceFlag,
   nproc: nprocFlag,
+  distBackend: distBackendFlag,
   precision: Flag.Literals("precision", ["auto", "bf16", "f32"] as const).pipe(
     Flag.withDefault("auto" as const),
     Flag.withDescription("training forward: bf16 autocast (f32 master weights) or f32; auto = bf16 on CUDA, f32 on the CPU"),
@@ -88,7 +94,7 @@ export function recordRun(runDir: string, stage: string, config: unknown): void 
 export const stageOptions = (stage: StageName, a: Common, extra: Partial<StageOptions> = {}, preset?: string) =>
   Effect.gen(function* () {
     const device = yield* parseDevice(a.device)
-    yield* checkNproc(a.nproc, device)
+    yield* checkNproc(a.nproc, device, a.distBackend)
     const runDir = runDirOf(a.run, a.runDir)
     const d = STAGE_DEFAULTS[stage]
     const tokenizer = get(a.tokenizer, join(runDir, "tokenizer"))
@@ -140,6 +146,7 @@ export const stageOptions = (stage: StageName, a: Common, extra: Partial<StageOp
       augment: { systemPromptP: a.systemPromptP, stripEmptyThinkP: a.stripThinkP, seed: a.seed },
       device,
       ...(a.precision !== "auto" ? { precision: a.precision } : {}),
+      ...(a.nproc > 1 ? { parallel: { nproc: a.nproc, backend: a.distBackend } } : {}),
       ...extra,
     }
     for (const [k, v] of [["--batch-size", o.batchSize], ["--accum", o.accum], ["--seq-len", o.seqLen], ["--epochs", o.epochs]] as const) {

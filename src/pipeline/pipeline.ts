@@ -58,6 +58,8 @@ export interface PipelineConfig {
   device?: Device
   /** Data-parallel processes (one per GPU); see `src/train/distributed.ts`. */
   nproc?: number
+  /** How the ranks sum gradients: "nccl" (GPUs, default) or "tcp" (CPU sockets, for testing). */
+  distBackend?: "nccl" | "tcp"
   /** Training forward precision (default auto: bf16 autocast on CUDA, f32 on the CPU). */
   precision?: "auto" | "bf16" | "f32"
   tokenizer?: { data: string[]; vocab_size?: number; min_frequency?: number; scheme?: string } | { path: string }
@@ -79,6 +81,7 @@ export function checkConfig(raw: unknown, file = "pipeline config"): PipelineCon
   if (!Array.isArray(c.stages) || c.stages.length === 0) fail("stages", "expected a non-empty list of stages")
   if (c.device !== undefined && (typeof c.device !== "string" || !parseDeviceName(c.device))) fail("device", `expected cpu, cuda or cuda:N, got ${JSON.stringify(c.device)}`)
   if (c.nproc !== undefined && !(Number.isInteger(c.nproc) && (c.nproc as number) >= 1)) fail("nproc", `expected a positive integer, got ${JSON.stringify(c.nproc)}`)
+  if (c.distBackend !== undefined && !["nccl", "tcp"].includes(c.distBackend as string)) fail("distBackend", `expected nccl or tcp, got ${JSON.stringify(c.distBackend)}`)
   if (c.precision !== undefined && !["auto", "bf16", "f32"].includes(c.precision as string)) fail("precision", `expected auto, bf16 or f32, got ${JSON.stringify(c.precision)}`)
   ;(c.stages as unknown[]).forEach((s, i) => {
     if (!s || typeof s !== "object") fail(`stages[${i}]`, "expected an object")
@@ -163,6 +166,7 @@ export function stageOptionsFor(cfg: PipelineConfig, s: PipelineStage, previous:
     device: cfg.device ?? "cpu",
     // Only when set: the stage hash (finished-stage detection) of existing configs stays the same.
     ...(cfg.precision ? { precision: cfg.precision } : {}),
+    ...((cfg.nproc ?? 1) > 1 ? { parallel: { nproc: cfg.nproc!, backend: cfg.distBackend ?? "nccl" } } : {}),
   }
 }
 
@@ -214,7 +218,8 @@ export const runPipeline = (cfg: PipelineConfig, opts: { quiet?: boolean } = {})
       const o = { ...stageOptionsFor(cfg, s, previous, tokenizer, vocab), quiet: opts.quiet }
       const stageDir = join(cfg.run, s.stage)
       const stampFile = join(stageDir, "pipeline-stage.json")
-      const want = hash({ ...o, resume: undefined, quiet: undefined })
+      // The number of ranks is not part of the stage's identity: a run resumes on any count.
+      const want = hash({ ...o, resume: undefined, quiet: undefined, parallel: undefined })
       const summaryFile = join(stageDir, "summary.json")
       const done =
         existsSync(summaryFile) && existsSync(stampFile) && JSON.parse(readFileSync(stampFile, "utf8")).hash === want &&

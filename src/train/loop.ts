@@ -20,6 +20,7 @@ import { initModel, loadModel, type Model } from "../model/model.ts"
 import { openTrainer, type LoraOptions, type Objective, type StepResult, type Trainer } from "../model/trainer.ts"
 import type { Device } from "../native/library.ts"
 import { writeJsonAtomic as writeJson } from "../util/fs.ts"
+import { launchStage } from "./launch.ts"
 import { cosineLr } from "./schedule.ts"
 
 export type StageName = "pretrain" | "sft" | "lora" | "dpo" | "distill"
@@ -70,6 +71,49 @@ export interface StageOptions {
   readonly quiet?: boolean
   /** Stop (as if interrupted) after this many steps in this process; for tests. */
   readonly stopAfter?: number
+  /** Data-parallel training: `nproc` rank processes (one per GPU), see launch.ts. */
+  readonly parallel?: { readonly nproc: number; readonly backend: "nccl" | "tcp" }
+  /** This process is one rank of a data-parallel job (set by the launcher, see launch.ts). */
+  readonly dist?: RankOptions
+}
+
+/** One rank's part in a data-parallel stage. */
+export interface RankOptions {
+  readonly rank: number
+  readonly worldSize: number
+  readonly backend: "nccl" | "tcp"
+  /** The rendezvous file rank 0 writes (its address or NCCL id). */
+  readonly rendezvous: string
+  /** Seconds to wait for the other ranks. */
+  readonly timeoutS?: number
+  /** Polled before each step (`step` = steps done): true once the launcher asked this rank to stop (Ctrl-C). */
+  readonly stopRequested?: (step: number) => boolean
+}
+
+/**
+ * The rows of one optimizer step that a rank trains on, as micro-batches. A step is always
+ * `batchSize × accum` sequences whatever the number of ranks (the global batch of a single
+ * process); each of `worldSize` ranks takes a contiguous share and splits it into micro-batches of
+ * at most `batchSize` rows. The loss is a token mean over the whole step and the gradients are
+ * summed over the ranks, so the update does not depend on the split: a run can resume with a
+ * different number of GPUs.
+ */
+export function rankMicroBatches(stepIndices: ArrayLike<number>, batchSize: number, rank: number, worldSize: number): number[][] {
+  const total = stepIndices.length
+  if (total % worldSize !== 0) throw new RangeError(`a step of ${total} sequences does not split evenly over ${worldSize} ranks`)
+  const share = total / worldSize
+  let m = Math.min(batchSize, share)
+  while (share % m !== 0) m--
+  const mine = Array.from({ length: share }, (_, i) => stepIndices[rank * share + i]!)
+  return Array.from({ length: share / m }, (_, k) => mine.slice(k * m, (k + 1) * m))
+}
+
+/** Why `worldSize` ranks cannot split this stage's steps, or null. */
+export function rankSplitProblem(o: Pick<StageOptions, "batchSize" | "accum">, worldSize: number): string | null {
+  const total = o.batchSize * o.accum
+  return total % worldSize === 0
+    ? null
+    : `--nproc ${worldSize} must divide the sequences of one optimizer step (--batch-size ${o.batchSize} × --accum ${o.accum} = ${total}): e.g. --accum ${o.accum * worldSize}`
 }
 
 export interface StageSummary {
@@ -173,22 +217,62 @@ const hostBatch = (shards: ShardSet, stage: StageName, indices: ArrayLike<number
   return { batchSize: chosen.batchSize * 2, seqLen, ids: cat(chosen.ids, rejected.ids), targets: cat(chosen.targets, rejected.targets), mask: cat(chosen.mask, rejected.mask) }
 }
 
-/** Runs one stage to completion (or interruption); returns its summary. */
+/**
+ * What a data-parallel launcher does once, before it starts the ranks: the checks that would
+ * otherwise fail on every rank, and the data preparation (the ranks then reuse the shards).
+ */
+export const prepareStage = (o: StageOptions, worldSize: number) =>
+  Effect.gen(function* () {
+    const stageDir = join(o.runDir, o.stage)
+    mkdirSync(stageDir, { recursive: true })
+    if (!o.resume && existsSync(join(stageDir, "checkpoint", "trainer_state.json"))) {
+      return yield* Effect.fail(
+        new StageError({ stage: o.stage, message: `${stageDir} already has a checkpoint: pass --resume to continue it, or use another --run name` }),
+      )
+    }
+    const split = rankSplitProblem(o, worldSize)
+    if (split) return yield* Effect.fail(new StageError({ stage: o.stage, message: split }))
+    const data = yield* stageShards(o, stageDir)
+    const shards = yield* openShards(data.dir)
+    const n = splitIndices(shards.numSamples, o.evalFraction, o.seed).train.length
+    if (n < o.batchSize) {
+      return yield* Effect.fail(
+        new StageError({ stage: o.stage, message: `only ${n} training samples, fewer than one batch of ${o.batchSize}: lower --batch-size or add data` }),
+      )
+    }
+    return { stageDir, skipped: data.skipped }
+  }).pipe(Effect.scoped)
+
+/**
+ * Runs one stage to completion (or interruption); returns its summary. With `parallel.nproc > 1`
+ * it starts that many rank processes (launch.ts) and returns rank 0's summary.
+ */
 export const runStage = (o: StageOptions) =>
+  o.parallel && o.parallel.nproc > 1 && !o.dist ? launchStage(o) : runStageHere(o)
+
+/** Runs one stage in this process (alone, or as one rank of a data-parallel job). */
+export const runStageHere = (o: StageOptions) =>
   Effect.gen(function* () {
     const stageDir = join(o.runDir, o.stage)
     const ckptDir = join(stageDir, "checkpoint")
     const modelDir = join(stageDir, "model")
     mkdirSync(stageDir, { recursive: true })
+    // Data-parallel: rank 0 alone writes logs, metrics, checkpoints and the model.
+    const dist = o.dist && o.dist.worldSize > 1 ? o.dist : undefined
+    const lead = !dist || dist.rank === 0
     const log = (msg: string) => {
-      if (!o.quiet) console.error(`[${o.stage}] ${msg}`)
+      if (!o.quiet && lead) console.error(`[${o.stage}] ${msg}`)
     }
     if (!o.resume && existsSync(join(ckptDir, "trainer_state.json"))) {
       return yield* Effect.fail(
         new StageError({ stage: o.stage, message: `${stageDir} already has a checkpoint: pass --resume to continue it, or use another --run name` }),
       )
     }
-    writeJson(join(stageDir, "config.json"), { ...o, quiet: undefined, stopAfter: undefined })
+    if (dist) {
+      const split = rankSplitProblem(o, dist.worldSize)
+      if (split) return yield* Effect.fail(new StageError({ stage: o.stage, message: split }))
+    }
+    if (lead) writeJson(join(stageDir, "config.json"), { ...o, quiet: undefined, stopAfter: undefined, dist: undefined, parallel: undefined, ...(dist ? { world_size: dist.worldSize, dist_backend: dist.backend } : {}) })
 
     const data = yield* stageShards(o, stageDir)
     const shards = yield* openShards(data.dir)
@@ -247,7 +331,7 @@ export const runStage = (o: StageOptions) =>
       elapsedBefore = extra.elapsed_s
       resumedFrom = step
       // Metrics written after the checkpoint (a crash between save and exit) are dropped.
-      if (existsSync(metricsFile)) {
+      if (lead && existsSync(metricsFile)) {
         const kept = readFileSync(metricsFile, "utf8").split("\n").filter((l) => {
           try {
             return l && (JSON.parse(l) as MetricLine).step <= step
@@ -258,7 +342,7 @@ export const runStage = (o: StageOptions) =>
         writeFileSync(metricsFile, kept.map((l) => l + "\n").join(""))
       }
       log(`resumed from ${ckptDir} at step ${step}/${totalSteps}`)
-    } else if (existsSync(metricsFile)) {
+    } else if (lead && existsSync(metricsFile)) {
       rmSync(metricsFile)
     }
     if (step >= totalSteps && resumedFrom !== null && existsSync(join(stageDir, "summary.json"))) {
@@ -266,9 +350,18 @@ export const runStage = (o: StageOptions) =>
       if (prev.status === "done") return prev
     }
 
+    if (dist) {
+      // Blocks until every rank is here; every rank then holds rank 0's weights.
+      yield* Effect.try({
+        try: () => trainer.join({ backend: dist.backend, rank: dist.rank, world_size: dist.worldSize, rendezvous: dist.rendezvous, ...(dist.timeoutS ? { timeout_s: dist.timeoutS } : {}) }),
+        catch: (e) => new StageError({ stage: o.stage, message: `rank ${dist.rank}: ${(e as Error).message}` }),
+      })
+    }
+
     const info = trainer.info()
     const params = model.info().num_parameters
-    log(`${params.toLocaleString()} parameters (${info.trainable_parameters.toLocaleString()} trainable), ${split.train.length} train / ${split.eval.length} eval samples, ${totalSteps} steps of ${perStep} × ${o.seqLen}, on ${info.device} in ${info.compute_dtype}`)
+    const where = dist ? `${dist.worldSize} ranks (${dist.backend}), rank 0 on ${info.device}` : info.device
+    log(`${params.toLocaleString()} parameters (${info.trainable_parameters.toLocaleString()} trainable), ${split.train.length} train / ${split.eval.length} eval samples, ${totalSteps} steps of ${perStep} × ${o.seqLen}, on ${where} in ${info.compute_dtype}`)
 
     // DPO's held-out loss: −log σ(β·((πc − πr) − (rc − rr))) on held-out pairs, from summed
     // masked log-probs of the live policy and the frozen reference (one row at a time).
@@ -303,7 +396,7 @@ export const runStage = (o: StageOptions) =>
       return count ? sum / count : undefined
     }
 
-    const bar = new ProgressBar({ label: o.stage, total: totalSteps, logEvery: 10, quiet: o.quiet })
+    const bar = new ProgressBar({ label: o.stage, total: totalSteps, logEvery: 10, quiet: o.quiet || !lead })
     const t0 = performance.now()
     let last: StepResult | undefined
     let lastEval: number | undefined
@@ -330,6 +423,7 @@ export const runStage = (o: StageOptions) =>
       model_dir: modelDir,
       resumed_from_step: resumedFrom,
       skipped_records: data.skipped,
+      ...(dist ? { world_size: dist.worldSize, dist_backend: dist.backend } : {}),
       ...(last?.dpo ? { dpo_accuracy: last.dpo.accuracy, reward_margin: last.dpo.reward_margin } : {}),
       ...(last?.kl !== undefined ? { kl: last.kl } : {}),
     })
@@ -340,6 +434,7 @@ export const runStage = (o: StageOptions) =>
         if (Exit.isSuccess(exit)) return
         status = Exit.hasInterrupts(exit) ? "interrupted" : "failed"
         bar.finish(`${status} at step ${step}/${totalSteps}`)
+        if (!lead) return
         if (stepsThisRun > 0 || resumedFrom === null) {
           try {
             saveCheckpoint()
@@ -353,12 +448,13 @@ export const runStage = (o: StageOptions) =>
     )
 
     while (step < totalSteps) {
-      const micro: Batch[] = []
-      for (let k = 0; k < o.accum; k++) {
-        const sb = sampler.next()
-        micro.push(hostBatch(shards, o.stage, Array.from(sb.indices, (i) => split.train[i]!), o.seqLen))
-      }
+      const groups: number[][] = []
+      for (let k = 0; k < o.accum; k++) groups.push(Array.from(sampler.next().indices, (i) => split.train[i]!))
+      // A rank trains on its share of the step's rows (the sampler, hence resume, is the same on every rank).
+      const rows = dist ? rankMicroBatches(groups.flat(), o.batchSize, dist.rank, dist.worldSize) : groups
+      const micro: Batch[] = rows.map((r) => hostBatch(shards, o.stage, r, o.seqLen))
       const lr = cosineLr(step, totalSteps, o.lr, o.warmupSteps, o.minLrRatio)
+      if (dist?.stopRequested?.(step)) trainer.requestStop()
       last = yield* Effect.try({
         try: () => trainer.step(micro, micro[0]!.batchSize, lr),
         catch: (e) => new StageError({ stage: o.stage, message: `step ${step + 1}: ${(e as Error).message}` }),
@@ -382,19 +478,22 @@ export const runStage = (o: StageOptions) =>
         line.reward_margin = last.dpo.reward_margin
       }
       if (last.kl !== undefined) line.kl = last.kl
-      if ((o.evalEvery > 0 && step % o.evalEvery === 0) || step === totalSteps) {
+      if (lead && ((o.evalEvery > 0 && step % o.evalEvery === 0) || step === totalSteps)) {
         lastEval = evalLoss()
         if (lastEval !== undefined) line.eval_loss = lastEval
       }
-      appendFileSync(metricsFile, JSON.stringify(line) + "\n")
+      if (lead) appendFileSync(metricsFile, JSON.stringify(line) + "\n")
       bar.update(step, { loss: last.loss, ...(lastEval !== undefined ? { eval: lastEval } : {}), lr: last.lr, "tok/s": Math.round(line.tokens_per_s) })
-      if (o.saveEvery > 0 && step % o.saveEvery === 0 && step < totalSteps) saveCheckpoint()
+      if (lead && o.saveEvery > 0 && step % o.saveEvery === 0 && step < totalSteps) saveCheckpoint()
       if (o.stopAfter !== undefined && stepsThisRun >= o.stopAfter) return yield* Effect.interrupt
+      // Data-parallel Ctrl-C: every rank stops after the same step.
+      if (last.stop && step < totalSteps) return yield* Effect.interrupt
       // A yield point between steps: Ctrl-C lands here.
       yield* Effect.yieldNow
     }
 
     status = "done"
+    if (!lead) return summary()
     saveCheckpoint()
     // Publish: LoRA stages save the adapters and a merged model; others the weights.
     if (o.lora) {

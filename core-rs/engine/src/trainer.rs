@@ -249,14 +249,19 @@ impl Trainer {
     }
 
     /// Joins a data-parallel job: from now on every `step` sums losses and gradients over the
-    /// ranks of `col`. The trainable weights are first broadcast from rank 0, so every rank starts
-    /// from the same point (as DDP does).
+    /// ranks of `col`. The weights (trainable ones, and a LoRA run's frozen base) are first
+    /// broadcast from rank 0, so every rank starts from the same point (as DDP does).
     #[cfg(not(target_arch = "wasm32"))]
     pub fn join(&mut self, mut col: Box<dyn crate::dist::Collective>) -> Result<()> {
         if self.dist.is_some() {
             return Err(Error::input("this trainer has already joined a data-parallel job"));
         }
-        let vars = self.opt.vars();
+        // What is trained, and (with LoRA) the frozen base it is trained on: every weight the
+        // forward reads must be the same on every rank.
+        let mut vars = self.opt.vars();
+        if self.adapters.is_some() {
+            vars.extend(self.model.named_parameters().into_iter().map(|p| p.var));
+        }
         let current: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().detach()).collect();
         let from_root = col.broadcast_tensors(&current, 0)?;
         if col.rank() != 0 {
