@@ -311,6 +311,7 @@ impl Trainer {
         let grad_clip = self.cfg.grad_clip;
         // Summed over the ranks with the gradients: tokens and stop requests. (The reported MoE
         // aux loss stays this rank's.)
+        #[cfg_attr(target_arch = "wasm32", allow(unused_mut))]
         let mut extra = [total_tokens, if self.stop_requested { 1.0 } else { 0.0 }];
         #[cfg(not(target_arch = "wasm32"))]
         let Trainer { model, reference, teacher, opt, rng, dist, .. } = self;

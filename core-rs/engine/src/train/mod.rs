@@ -123,6 +123,7 @@ where
             None => accum.add(&loss.backward()?)?,
         }
     }
+    #[cfg_attr(target_arch = "wasm32", allow(unused_mut))]
     let mut micro_batches = accum.micro_steps();
     #[cfg(not(target_arch = "wasm32"))]
     if let Some(StepSync { collective, extra }) = sync {
