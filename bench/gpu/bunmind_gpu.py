@@ -331,8 +331,9 @@ def nccl_two_ranks(nat, a, deadline):
             ref.append(nat.step(tr, b0[0] + b1[0], b0[1] + b1[1], b0[2] + b1[2], a.batch, a.seq, a.lr, n_micro=2)["loss"])
         probe = synthetic_batch(10_000, 2, a.seq, vocab, a.seed)[0]
         ref_logits = nat.trainer_logits(tr, probe, 2, a.seq, vocab)
+        compute = nat.trainer_info(tr)["compute_dtype"]
         nat.lib.bm_trainer_free(tr)
-        tol = 2e-2 if (a.autocast or "bf16") == "bf16" else 1e-4
+        tol = 2e-2 if compute == "bf16" else 1e-4
         out = {
             "join_s": [r["join_s"] for r in ranks],
             "losses_rank0": ranks[0]["losses"],
@@ -424,7 +425,10 @@ def cmd_nccl(nat, a):
             out["two_ranks"] = {"skipped": "time budget used up"}
         else:
             out["two_ranks"] = nccl_two_ranks(nat, a, deadline)
-            log(f"two ranks: {out['two_ranks']}")
+            t2 = out["two_ranks"]
+            log(f"two ranks: {'ok' if t2.get('ok') else 'FAILED'} " + (t2["error"] if "error" in t2 else
+                f"(ranks differ by {t2['rank_loss_rel_diff']:.1e} in loss, {t2['rank_logits_rel_diff']:.1e} in logits; "
+                f"vs one process with both batches: {t2['reference_loss_rel_diff']:.1e}, {t2['reference_logits_rel_diff']:.1e}; tol {t2['tolerance']:.0e})"))
     else:
         out["two_ranks"] = {"skipped": "one GPU" if out["gpus"] == 1 else f"{out['gpus']} GPUs visible"}
     out["ok"] = out["world1_ok"] and out["two_ranks"].get("ok", True)
