@@ -6,13 +6,15 @@
  * 1. nvcc 13.0: `$NVCC`, else `$CUDA_HOME/bin/nvcc`, else the pinned PyPI wheels installed into
  *    `.cuda/toolchain` with `pip install --target` (nvcc, cudart headers + libcudart.so.13, crt
  *    headers, CCCL, NVVM/cicc: ~270 MB on disk, never into the system Python).
- * 2. Link stubs: candle's cudarc links dynamically (`-lcuda -lnvrtc -lcurand -lcublas -lcublasLt`)
- *    and candle-kernels adds `-lcudart`. The wheels hold no `libcuda.so` (a driver library) and
- *    cuBLAS is a 420 MB wheel, so `.cuda/stubs/lib/stubs/` gets small stub libraries with the
- *    real sonames (libcuda.so.1, libnvrtc.so.13, libcurand.so.10, libcublas.so.13,
- *    libcublasLt.so.13) exporting every function cudarc declares (read from cudarc's sources), and
+ * 2. Link stubs: candle's cudarc links dynamically (`-lcuda -lnvrtc -lcurand -lcublas -lcublasLt`,
+ *    and `-lnccl` for the engine's `nccl` feature) and candle-kernels adds `-lcudart`. The wheels
+ *    hold no `libcuda.so` (a driver library), cuBLAS is a 420 MB wheel and NCCL another large one,
+ *    so `.cuda/stubs/lib/stubs/` gets small stub libraries with the real sonames (libcuda.so.1,
+ *    libnvrtc.so.13, libcurand.so.10, libcublas.so.13, libcublasLt.so.13, libnccl.so.2)
+ *    exporting every function cudarc declares (read from cudarc's sources), and
  *    `libcudart.so` → the wheel's real `libcudart.so.13`. At run time the GPU machine's driver and
- *    CUDA libraries resolve those names (see `src/native/library.ts` for how they are found).
+ *    CUDA libraries resolve those names (see `src/native/library.ts` for how they are found;
+ *    libnccl.so.2 comes from PyTorch's nvidia-nccl-cu13 wheel, in `nvidia/nccl/lib`).
  * 3. The environment for cargo: NVCC, PATH, CUDA_HOME (toolkit) + CUDA_ROOT (stubs), both searched
  *    by cudarc's build script, CUDA_COMPUTE_CAP=90 (H100/H200; candle-kernels makes it sm_90a) and
  *    CUDARC_CUDA_VERSION=13000 (no nvidia-smi or driver needed at build time).
@@ -40,6 +42,7 @@ const STUBS = [
   { file: "libcurand.so", soname: "libcurand.so.10", module: "curand" },
   { file: "libcublas.so", soname: "libcublas.so.13", module: "cublas" },
   { file: "libcublasLt.so", soname: "libcublasLt.so.13", module: "cublaslt" },
+  { file: "libnccl.so", soname: "libnccl.so.2", module: "nccl" },
 ] as const
 
 const log = (msg: string) => console.error(`[cuda-toolchain] ${msg}`)

@@ -38,8 +38,9 @@ const CUDA_BUILD = "Build it with `bun scripts/build-native.ts --cuda` (no GPU n
 /**
  * The CUDA libraries the CUDA build links against (besides the driver's libcuda.so.1), each with
  * one symbol to dlopen it by. When the dynamic loader does not find them (they often live in a
- * Python environment's `nvidia/cu13/lib`, e.g. PyTorch's), they are loaded by full path first; a
- * library already loaded under its soname satisfies the CUDA build's dependency.
+ * Python environment's `nvidia/cu13/lib`, e.g. PyTorch's, and NCCL in its `nvidia/nccl/lib`),
+ * they are loaded by full path first; a library already loaded under its soname satisfies the
+ * CUDA build's dependency.
  */
 const CUDA_DEPS = [
   { soname: "libcudart.so.13", symbol: "cudaGetDeviceCount" },
@@ -47,10 +48,12 @@ const CUDA_DEPS = [
   { soname: "libcublas.so.13", symbol: "cublasCreate_v2" },
   { soname: "libnvrtc.so.13", symbol: "nvrtcVersion" },
   { soname: "libcurand.so.10", symbol: "curandCreateGenerator" },
+  { soname: "libnccl.so.2", symbol: "ncclGetVersion" },
 ] as const
 
 /** Directories that may hold the CUDA 13 libraries: `$BUNMIND_CUDA_LIB_PATH`, `$CUDA_HOME`, the
- *  usual toolkit paths, and the `nvidia/cu13/lib` of the Python installs on PATH. */
+ *  usual toolkit paths, and the `nvidia/cu13/lib` and `nvidia/nccl/lib` of the Python installs on
+ *  PATH. */
 function cudaLibDirs(): string[] {
   const dirs: string[] = []
   for (const d of (process.env.BUNMIND_CUDA_LIB_PATH ?? "").split(":")) if (d) dirs.push(d)
@@ -61,7 +64,7 @@ function cudaLibDirs(): string[] {
     const exe = Bun.which(py)
     if (!exe) continue
     const p = Bun.spawnSync([exe, "-c", "import site,sys;print('\\n'.join(site.getsitepackages()+[site.getusersitepackages()]))"], { stdout: "pipe", stderr: "ignore" })
-    if (p.exitCode === 0) for (const sp of p.stdout.toString().split("\n")) if (sp.trim()) dirs.push(join(sp.trim(), "nvidia", "cu13", "lib"))
+    if (p.exitCode === 0) for (const sp of p.stdout.toString().split("\n")) if (sp.trim()) dirs.push(join(sp.trim(), "nvidia", "cu13", "lib"), join(sp.trim(), "nvidia", "nccl", "lib"))
     break
   }
   return [...new Set(dirs)].filter((d) => existsSync(d))
@@ -95,6 +98,14 @@ function cudaLoadMessage(path: string, err: string): string {
     return `no NVIDIA driver on this machine (libcuda.so.1 not found), so the CUDA build at ${path} cannot run. ${CUDA_RUN}`
   }
   const lib = /(lib[\w.+-]+\.so[\d.]*)/.exec(err)?.[1]
+  if (lib && /^libnccl\.so/.test(lib)) {
+    return (
+      `the CUDA build at ${path} needs ${lib} (NCCL 2, for multi-GPU training; the build links it even for one GPU), ` +
+      "which was not found: install the nvidia-nccl-cu13 wheel (PyTorch cu130 ships it, in nvidia/nccl/lib) or NCCL 2 for CUDA 13, " +
+      "or point BUNMIND_CUDA_LIB_PATH (or LD_LIBRARY_PATH) at it. " +
+      CUDA_RUN
+    )
+  }
   if (lib && CUDA_DEPS.some((d) => d.soname === lib || lib.startsWith(d.soname.split(".so")[0]!))) {
     return (
       `the CUDA build at ${path} needs ${lib} (CUDA 13 runtime libraries: cuBLAS, cuBLASLt, NVRTC, cuRAND, cudart), ` +
