@@ -86,7 +86,7 @@ describe("--device", () => {
     writeFileSync(join(dir, "fake.c"), c)
     const cc = Bun.spawnSync(["cc", "-shared", "-fPIC", "-Wl,-soname,libcuda.so.1", "-o", join(dir, "libcuda.so.1"), join(dir, "fake.c")], { stderr: "pipe" })
     expect(cc.exitCode).toBe(0)
-    for (const [soname, file] of [["libcublas.so.13", "libcublas.so"], ["libcublasLt.so.13", "libcublasLt.so"], ["libcurand.so.10", "libcurand.so"], ["libnvrtc.so.13", "libnvrtc.so"], ["libcudart.so.13", "libcudart.so"]]) {
+    for (const [soname, file] of [["libcublas.so.13", "libcublas.so"], ["libcublasLt.so.13", "libcublasLt.so"], ["libcurand.so.10", "libcurand.so"], ["libnvrtc.so.13", "libnvrtc.so"], ["libcudart.so.13", "libcudart.so"], ["libnccl.so.2", "libnccl.so"]]) {
       rmSync(join(dir, soname!), { force: true })
       symlinkSync(realpathSync(join(stubs, file!)), join(dir, soname!))
     }
