@@ -13,7 +13,7 @@ import { beforeAll, describe, expect, test } from "bun:test"
 import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs"
 import { join } from "node:path"
 import { generateDemoData, writeDemoData } from "../src/demo/facts.ts"
-import { bun, cli, repo } from "./helpers/cli.ts"
+import { cli, spawnCli, waitForMetrics } from "./helpers/cli.ts"
 
 const out = join(import.meta.dir, ".out", "distributed")
 const data = join(out, "data")
@@ -53,18 +53,8 @@ const expectSameRun = (got: Line[], want: Line[], rel: number) => {
   })
 }
 
-const spawn = (a: string[], extraEnv: Record<string, string> = {}) =>
-  Bun.spawn([bun, join(repo, "src/cli.ts"), ...a], { cwd: repo, stdout: "pipe", stderr: "pipe", env: { ...process.env, BUNMIND_PLAIN_PROGRESS: "1", ...extraEnv } })
-
-const waitForSteps = async (run: string, n: number, proc: ReturnType<typeof spawn>) => {
-  const file = join(out, run, "pretrain", "metrics.jsonl")
-  for (let i = 0; i < 1200; i++) {
-    if (existsSync(file) && readFileSync(file, "utf8").trim().split("\n").filter(Boolean).length >= n) return
-    if (proc.exitCode !== null) throw new Error(`training exited early: ${await new Response(proc.stderr).text()}`)
-    await Bun.sleep(25)
-  }
-  throw new Error("training did not reach the step in time")
-}
+const spawn = (a: string[]) => spawnCli(a)
+const waitForSteps = (run: string, n: number, proc: ReturnType<typeof spawn>) => waitForMetrics(join(out, run, "pretrain", "metrics.jsonl"), n, proc)
 
 /** Rank processes of a run still alive (by their stage file). */
 const liveRanks = (run: string) => {

@@ -8,7 +8,7 @@
 import { beforeAll, describe, expect, test } from "bun:test"
 import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs"
 import { join } from "node:path"
-import { bun, cli, repo, shared } from "./helpers/cli.ts"
+import { cli, shared, spawnCli, waitForMetrics } from "./helpers/cli.ts"
 
 const out = join(import.meta.dir, ".out", "train-resume")
 const tokenizer = join(out, "tok")
@@ -23,18 +23,8 @@ const args = (run: string, extra: string[] = []) => [
 const losses = (run: string) =>
   readFileSync(join(out, run, "pretrain", "metrics.jsonl"), "utf8").trim().split("\n").map((l) => JSON.parse(l) as { step: number; loss: number })
 
-const spawn = (a: string[]) =>
-  Bun.spawn([bun, join(repo, "src/cli.ts"), ...a], { cwd: repo, stdout: "pipe", stderr: "pipe", env: { ...process.env, BUNMIND_PLAIN_PROGRESS: "1", RAYON_NUM_THREADS: "1" } })
-
-const waitForSteps = async (run: string, n: number, proc: ReturnType<typeof spawn>) => {
-  const file = join(out, run, "pretrain", "metrics.jsonl")
-  for (let i = 0; i < 600; i++) {
-    if (existsSync(file) && readFileSync(file, "utf8").trim().split("\n").filter(Boolean).length >= n) return
-    if (proc.exitCode !== null) throw new Error(`training exited early: ${await new Response(proc.stderr).text()}`)
-    await Bun.sleep(50)
-  }
-  throw new Error("training did not reach the step in time")
-}
+const spawn = (a: string[]) => spawnCli(a, { RAYON_NUM_THREADS: "1" })
+const waitForSteps = (run: string, n: number, proc: ReturnType<typeof spawn>) => waitForMetrics(join(out, run, "pretrain", "metrics.jsonl"), n, proc)
 
 beforeAll(() => {
   rmSync(out, { recursive: true, force: true })

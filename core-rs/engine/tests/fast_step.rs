@@ -7,6 +7,9 @@ use bunmind_engine::train::masked_cross_entropy_sum;
 use bunmind_engine::trainer::{Batch, Trainer, TrainerConfig};
 use candle_core::{Device, Tensor};
 
+mod common;
+use common::random_batch as batch;
+
 fn cfg(hidden: usize, heads: usize, kv: usize, tied: bool, interleaved: bool) -> ModelConfig {
     let mut c = ModelConfig::preset("tiny").unwrap();
     c.hidden_size = hidden;
@@ -20,20 +23,6 @@ fn cfg(hidden: usize, heads: usize, kv: usize, tied: bool, interleaved: bool) ->
     c.rope_interleaved = interleaved;
     c.rope_theta = 1000.0;
     c
-}
-
-fn batch(b: usize, t: usize, vocab: u32, seed: u32, holes: bool) -> Batch {
-    let mut x = seed.wrapping_mul(2654435761).wrapping_add(12345);
-    let mut next = || {
-        x ^= x << 13;
-        x ^= x >> 17;
-        x ^= x << 5;
-        x
-    };
-    let ids: Vec<u32> = (0..b * t).map(|_| next() % vocab).collect();
-    let targets: Vec<u32> = (0..b * t).map(|_| next() % vocab).collect();
-    let mask = (0..b * t).map(|i| if holes && (i % 7 == 3 || i % t < 2) { 0.0 } else { 1.0 }).collect();
-    Batch { ids, targets, mask, b, t }
 }
 
 /// The autograd reference: Σ masked CE, its count, and d/dθ for every parameter by name.
