@@ -328,6 +328,150 @@ fn attn_bwd(q: &[f32], k: &[f32], v: &[f32], p: &[f32], dy: &[f32], dm: &Dims) -
     (dq, dk, dv)
 }
 
+/// The step's sizes for `b` rows of `t` tokens.
+fn dims(model: &Model, b: usize, t: usize) -> Dims {
+    let cfg = &model.cfg;
+    Dims {
+        b,
+        t,
+        n: b * t,
+        c: cfg.hidden_size,
+        h: cfg.num_attention_heads,
+        kvh: cfg.kv_heads(),
+        d: cfg.head_dim(),
+        f: cfg.intermediate_size,
+        v: cfg.vocab_size,
+        eps: cfg.rms_norm_eps as f32,
+        threads: rayon::current_num_threads(),
+    }
+}
+
+/// RoPE cos/sin tables for positions `0..t`, `[t, D/2]` flattened.
+fn rope_tables(model: &Model, t: usize) -> Result<(Vec<f32>, Vec<f32>)> {
+    let (cos_t, sin_t) = model.rope.tables(0, t, false, &Device::Cpu)?;
+    Ok((cos_t.flatten_all()?.to_vec1()?, sin_t.flatten_all()?.to_vec1()?))
+}
+
+/// Every weight of the model (read guards held while this lives).
+struct Weights<'a> {
+    emb: View<'a>,
+    layers: Vec<LayerW<'a>>,
+    norm_w: View<'a>,
+    head: View<'a>,
+}
+
+fn weights(model: &Model) -> Result<Weights<'_>> {
+    let emb = View::new(&model.embed_tokens, "embed_tokens")?;
+    let mut layers = Vec::with_capacity(model.layers.len());
+    for (i, l) in model.layers.iter().enumerate() {
+        let FeedForward::Dense(mlp) = &l.mlp else { unreachable!("checked by unsupported()") };
+        let a = &l.self_attn;
+        fn v<'a>(t: &'a Tensor, i: usize, what: &str) -> Result<View<'a>> {
+            View::new(t, &format!("layers.{i}.{what}"))
+        }
+        layers.push(LayerW {
+            n1: View::new(&l.input_layernorm.weight, "input_layernorm")?,
+            wq: v(&a.q_proj.weight, i, "q_proj")?,
+            wk: v(&a.k_proj.weight, i, "k_proj")?,
+            wv: v(&a.v_proj.weight, i, "v_proj")?,
+            wo: v(&a.o_proj.weight, i, "o_proj")?,
+            qk: match (&a.q_norm, &a.k_norm) {
+                (Some(qn), Some(kn)) => Some((v(&qn.weight, i, "q_norm")?, v(&kn.weight, i, "k_norm")?, qn.eps as f32)),
+                (None, None) => None,
+                _ => return Err(Error::input(format!("layers.{i}: q_norm and k_norm must both be present or both absent"))),
+            },
+            n2: View::new(&l.post_attention_layernorm.weight, "post_attention_layernorm")?,
+            wg: v(&mlp.gate_proj.weight, i, "gate_proj")?,
+            wu: v(&mlp.up_proj.weight, i, "up_proj")?,
+            wd: v(&mlp.down_proj.weight, i, "down_proj")?,
+        });
+    }
+    let norm_w = View::new(&model.norm.weight, "norm")?;
+    let head = match &model.lm_head {
+        Some(l) => View::new(&l.weight, "lm_head")?,
+        None => View::new(&model.embed_tokens, "embed_tokens")?,
+    };
+    Ok(Weights { emb, layers, norm_w, head })
+}
+
+/// Embedding rows of `ids` → [N, C].
+fn embed(emb: &View<'_>, ids: &[u32], c: usize) -> Vec<f32> {
+    let mut x = uninit(ids.len() * c);
+    let e = emb.s();
+    x.par_chunks_mut(c).zip(ids.par_iter()).for_each(|(row, &id)| row.copy_from_slice(&e[id as usize * c..(id as usize + 1) * c]));
+    x
+}
+
+/// One decoder layer's forward on `x` [N, C] → (what the backward needs, the layer's output).
+fn layer_fwd(lw: &LayerW<'_>, x: Vec<f32>, dm: &Dims, cos: &[f32], sin: &[f32], inter: bool) -> (Saved, Vec<f32>) {
+    let (n, c, qd, kd, f, th) = (dm.n, dm.c, dm.qd(), dm.kd(), dm.f, dm.threads);
+    let (xn1, inv1) = rms_fwd(&x, lw.n1.s(), c, dm.eps);
+    let mut q = linear(&xn1, lw.wq.s(), n, c, qd, th);
+    let mut k = linear(&xn1, lw.wk.s(), n, c, kd, th);
+    let v = linear(&xn1, lw.wv.s(), n, c, kd, th);
+    let qk_pre = match &lw.qk {
+        None => None,
+        Some((wqn, wkn, eps)) => {
+            // [N, heads·D] is [N·heads, D]: one RMSNorm row per (token, head).
+            let (qn, invq) = rms_fwd(&q, wqn.s(), dm.d, *eps);
+            let (kn, invk) = rms_fwd(&k, wkn.s(), dm.d, *eps);
+            Some((std::mem::replace(&mut q, qn), invq, std::mem::replace(&mut k, kn), invk))
+        }
+    };
+    rope(&mut q, dm.h, dm, cos, sin, inter, 1.0);
+    rope(&mut k, dm.kvh, dm, cos, sin, inter, 1.0);
+    let (p, y) = attn_fwd(&q, &k, &v, dm);
+    let mut mid = x.clone();
+    // SAFETY: y [N, QD], wo [C, QD], mid [N, C].
+    unsafe { mm(n, c, qd, mid.as_mut_ptr(), c, true, Mat::rows(y.as_ptr(), qd), Mat::t(lw.wo.s().as_ptr(), qd), th) };
+    let (xn2, inv2) = rms_fwd(&mid, lw.n2.s(), c, dm.eps);
+    let g = linear(&xn2, lw.wg.s(), n, c, f, th);
+    let u = linear(&xn2, lw.wu.s(), n, c, f, th);
+    let mut a = uninit(n * f);
+    let rpt = rows_per_task(f) * f;
+    a.par_chunks_mut(rpt).zip(g.par_chunks(rpt)).zip(u.par_chunks(rpt)).for_each(|((ab, gb), ub)| vmath::swiglu_fwd(gb, ub, ab));
+    let mut out = mid.clone();
+    // SAFETY: a [N, F], wd [C, F], out [N, C].
+    unsafe { mm(n, c, f, out.as_mut_ptr(), c, true, Mat::rows(a.as_ptr(), f), Mat::t(lw.wd.s().as_ptr(), f), th) };
+    (Saved { x, inv1, xn1, q, qk_pre, k, v, p, y, mid, inv2, xn2, g, u, a }, out)
+}
+
+/// What [`prefill`] returns: the final-normed hidden states and every layer's keys and values.
+pub struct Prefill {
+    /// After the final RMSNorm, `[b·t, hidden]`.
+    pub hidden: Vec<f32>,
+    /// Per layer: keys after RoPE (and QK-norm) and values, each `[b·t, kv_heads·head_dim]`.
+    pub kv: Vec<(Vec<f32>, Vec<f32>)>,
+}
+
+/// The inference forward of `b` rows of `t` tokens from position 0 with the hand-written kernels
+/// (the training step's forward: block-causal attention, products straight to `gemm`). The
+/// generation path uses it to fill an empty KV cache.
+pub fn prefill(model: &Model, ids: &[u32], b: usize, t: usize) -> Result<Prefill> {
+    if let Some(why) = unsupported(model) {
+        return Err(Error::input(format!("fast prefill: not available for this model ({why})")));
+    }
+    let cfg = &model.cfg;
+    if b == 0 || t == 0 || ids.len() != b * t {
+        return Err(Error::input(format!("fast prefill: ids must hold b·t = {b}·{t} values")));
+    }
+    if let Some((i, &id)) = ids.iter().enumerate().find(|(_, &id)| id as usize >= cfg.vocab_size) {
+        return Err(Error::input(format!("token id {id} at position {} (batch row {}) is out of range for vocab_size {}", i % t, i / t, cfg.vocab_size)));
+    }
+    let dm = dims(model, b, t);
+    let (cos, sin) = rope_tables(model, t)?;
+    let w = weights(model)?;
+    let mut x = embed(&w.emb, ids, dm.c);
+    let mut kv = Vec::with_capacity(w.layers.len());
+    for lw in &w.layers {
+        let (sv, out) = layer_fwd(lw, x, &dm, &cos, &sin, cfg.rope_interleaved);
+        kv.push((sv.k, sv.v));
+        x = out;
+    }
+    let (hidden, _) = rms_fwd(&x, w.norm_w.s(), dm.c, dm.eps);
+    Ok(Prefill { hidden, kv })
+}
+
 fn tensor(v: Vec<f32>, shape: &[usize]) -> Result<Tensor> {
     Ok(Tensor::from_vec(v, shape, &Device::Cpu)?)
 }
@@ -362,95 +506,18 @@ pub fn lm_step(model: &Model, ids: &[u32], targets: &[u32], mask: &[f32], b: usi
             i / t
         )));
     }
-    let dm = Dims {
-        b,
-        t,
-        n,
-        c: cfg.hidden_size,
-        h: cfg.num_attention_heads,
-        kvh: cfg.kv_heads(),
-        d: cfg.head_dim(),
-        f: cfg.intermediate_size,
-        v: vocab,
-        eps: cfg.rms_norm_eps as f32,
-        threads: rayon::current_num_threads(),
-    };
+    let dm = dims(model, b, t);
     let (c, qd, kd, f, th) = (dm.c, dm.qd(), dm.kd(), dm.f, dm.threads);
-
-    let (cos_t, sin_t) = model.rope.tables(0, t, false, &Device::Cpu)?;
-    let cos: Vec<f32> = cos_t.flatten_all()?.to_vec1()?;
-    let sin: Vec<f32> = sin_t.flatten_all()?.to_vec1()?;
+    let (cos, sin) = rope_tables(model, t)?;
     let inter = cfg.rope_interleaved;
-
-    // Weights (read guards held for the whole step).
-    let emb = View::new(&model.embed_tokens, "embed_tokens")?;
-    let mut layers = Vec::with_capacity(model.layers.len());
-    for (i, l) in model.layers.iter().enumerate() {
-        let FeedForward::Dense(mlp) = &l.mlp else { unreachable!("checked by unsupported()") };
-        let a = &l.self_attn;
-        fn v<'a>(t: &'a Tensor, i: usize, what: &str) -> Result<View<'a>> {
-            View::new(t, &format!("layers.{i}.{what}"))
-        }
-        layers.push(LayerW {
-            n1: View::new(&l.input_layernorm.weight, "input_layernorm")?,
-            wq: v(&a.q_proj.weight, i, "q_proj")?,
-            wk: v(&a.k_proj.weight, i, "k_proj")?,
-            wv: v(&a.v_proj.weight, i, "v_proj")?,
-            wo: v(&a.o_proj.weight, i, "o_proj")?,
-            qk: match (&a.q_norm, &a.k_norm) {
-                (Some(qn), Some(kn)) => Some((v(&qn.weight, i, "q_norm")?, v(&kn.weight, i, "k_norm")?, qn.eps as f32)),
-                (None, None) => None,
-                _ => return Err(Error::input(format!("layers.{i}: q_norm and k_norm must both be present or both absent"))),
-            },
-            n2: View::new(&l.post_attention_layernorm.weight, "post_attention_layernorm")?,
-            wg: v(&mlp.gate_proj.weight, i, "gate_proj")?,
-            wu: v(&mlp.up_proj.weight, i, "up_proj")?,
-            wd: v(&mlp.down_proj.weight, i, "down_proj")?,
-        });
-    }
-    let norm_w = View::new(&model.norm.weight, "norm")?;
-    let head = match &model.lm_head {
-        Some(l) => View::new(&l.weight, "lm_head")?,
-        None => View::new(&model.embed_tokens, "embed_tokens")?,
-    };
+    let Weights { emb, layers, norm_w, head } = weights(model)?;
 
     // ---- forward
-    let mut x = uninit(n * c);
-    {
-        let e = emb.s();
-        x.par_chunks_mut(c).zip(ids.par_iter()).for_each(|(row, &id)| row.copy_from_slice(&e[id as usize * c..(id as usize + 1) * c]));
-    }
+    let mut x = embed(&emb, ids, c);
     let mut saved: Vec<Saved> = Vec::with_capacity(layers.len());
     for lw in &layers {
-        let (xn1, inv1) = rms_fwd(&x, lw.n1.s(), c, dm.eps);
-        let mut q = linear(&xn1, lw.wq.s(), n, c, qd, th);
-        let mut k = linear(&xn1, lw.wk.s(), n, c, kd, th);
-        let v = linear(&xn1, lw.wv.s(), n, c, kd, th);
-        let qk_pre = match &lw.qk {
-            None => None,
-            Some((wqn, wkn, eps)) => {
-                // [N, heads·D] is [N·heads, D]: one RMSNorm row per (token, head).
-                let (qn, invq) = rms_fwd(&q, wqn.s(), dm.d, *eps);
-                let (kn, invk) = rms_fwd(&k, wkn.s(), dm.d, *eps);
-                Some((std::mem::replace(&mut q, qn), invq, std::mem::replace(&mut k, kn), invk))
-            }
-        };
-        rope(&mut q, dm.h, &dm, &cos, &sin, inter, 1.0);
-        rope(&mut k, dm.kvh, &dm, &cos, &sin, inter, 1.0);
-        let (p, y) = attn_fwd(&q, &k, &v, &dm);
-        let mut mid = x.clone();
-        // SAFETY: y [N, QD], wo [C, QD], mid [N, C].
-        unsafe { mm(n, c, qd, mid.as_mut_ptr(), c, true, Mat::rows(y.as_ptr(), qd), Mat::t(lw.wo.s().as_ptr(), qd), th) };
-        let (xn2, inv2) = rms_fwd(&mid, lw.n2.s(), c, dm.eps);
-        let g = linear(&xn2, lw.wg.s(), n, c, f, th);
-        let u = linear(&xn2, lw.wu.s(), n, c, f, th);
-        let mut a = uninit(n * f);
-        let rpt = rows_per_task(f) * f;
-        a.par_chunks_mut(rpt).zip(g.par_chunks(rpt)).zip(u.par_chunks(rpt)).for_each(|((ab, gb), ub)| vmath::swiglu_fwd(gb, ub, ab));
-        let mut out = mid.clone();
-        // SAFETY: a [N, F], wd [C, F], out [N, C].
-        unsafe { mm(n, c, f, out.as_mut_ptr(), c, true, Mat::rows(a.as_ptr(), f), Mat::t(lw.wd.s().as_ptr(), f), th) };
-        saved.push(Saved { x, inv1, xn1, q, qk_pre, k, v, p, y, mid, inv2, xn2, g, u, a });
+        let (sv, out) = layer_fwd(lw, x, &dm, &cos, &sin, inter);
+        saved.push(sv);
         x = out;
     }
     let (xnf, invf) = rms_fwd(&x, norm_w.s(), c, dm.eps);

@@ -9,7 +9,7 @@ pub mod dense;
 pub(crate) mod gemm;
 pub(crate) mod vmath;
 
-pub use dense::{lm_step, unsupported, LmStep};
+pub use dense::{lm_step, prefill, unsupported, LmStep, Prefill};
 
 /// False when `BUNMIND_FAST_STEP=0` is set: every step then goes through candle's autograd.
 pub fn enabled() -> bool {

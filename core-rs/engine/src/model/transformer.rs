@@ -330,10 +330,15 @@ impl Model {
         if !pads.is_empty() && pads.len() != b {
             return Err(Error::input(format!("cache has left padding for {} rows, input has {b}", pads.len())));
         }
+        let padded = cache.left_padding().iter().any(|&p| p > 0);
+        // A prompt into an empty cache: the hand-written forward when it applies (dense CPU f32).
+        #[cfg(not(target_arch = "wasm32"))]
+        if start_pos == 0 && t > 1 && !padded && crate::fast::enabled() && crate::fast::unsupported(self).is_none() {
+            return self.prefill_fast(&ids, b, t, cache);
+        }
         let mut ctx = ForwardCtx::inference();
         let dev = &self.device;
         let (cos, sin) = self.rope.tables(start_pos, t, true, dev)?;
-        let padded = cache.left_padding().iter().any(|&p| p > 0);
         let add_mask = if padded { cache.mask(b, t, start_pos, dev)? } else { None };
         let mask = match &add_mask {
             Some(m) => AttnMask::Additive(m),
@@ -346,6 +351,22 @@ impl Model {
         }
         cache.advance(t);
         self.norm.forward(&x)
+    }
+
+    /// [`crate::fast::prefill`] into an empty `cache`: keys/values laid out `[B, KV, T, D]` as the
+    /// cached attention stores them → final-normed hidden [B, T, hidden].
+    #[cfg(not(target_arch = "wasm32"))]
+    fn prefill_fast(&self, ids: &Tensor, b: usize, t: usize, cache: &mut Cache) -> Result<Tensor> {
+        let idv: Vec<u32> = ids.flatten_all()?.to_vec1()?;
+        let p = crate::fast::prefill(self, &idv, b, t)?;
+        let (kvh, d) = (self.cfg.kv_heads(), self.cfg.head_dim());
+        for (slot, (k, v)) in cache.layers.iter_mut().zip(p.kv) {
+            let k = Tensor::from_vec(k, (b, t, kvh, d), &self.device)?.transpose(1, 2)?.contiguous()?;
+            let v = Tensor::from_vec(v, (b, t, kvh, d), &self.device)?.transpose(1, 2)?.contiguous()?;
+            *slot = Some((k, v));
+        }
+        cache.advance(t);
+        Ok(Tensor::from_vec(p.hidden, (b, t, self.cfg.hidden_size), &self.device)?)
     }
 
     /// Inference forward with the KV cache (fused kernels, no gradients needed).

@@ -1,0 +1,88 @@
+//! The hand-written prefill (`bunmind_engine::fast::prefill`, used by the KV-cached inference
+//! forward for a prompt into an empty cache) against candle's graph forward (`forward_train`, no
+//! cache): the logits of every prompt position, then decoding further tokens through the cache it
+//! filled (keys/values in the cached attention's layout, RoPE positions continuing).
+//! Its own binary: no test here turns the fast path off (`BUNMIND_FAST_STEP`).
+use bunmind_engine::fast;
+use bunmind_engine::model::{Model, ModelConfig};
+use candle_core::{Device, Tensor, D};
+
+mod common;
+use common::random_batch;
+
+fn cfg(hidden: usize, heads: usize, kv: usize, tied: bool, interleaved: bool, qk_norm: bool) -> ModelConfig {
+    let mut c = ModelConfig::preset("tiny").unwrap();
+    c.hidden_size = hidden;
+    c.num_attention_heads = heads;
+    c.num_key_value_heads = Some(kv);
+    c.intermediate_size = hidden * 3 / 2;
+    c.vocab_size = 71;
+    c.num_hidden_layers = 2;
+    c.max_position_embeddings = 256;
+    c.tie_word_embeddings = tied;
+    c.rope_interleaved = interleaved;
+    c.rope_theta = 1000.0;
+    c.qk_norm = Some(qk_norm);
+    c
+}
+
+fn max_abs(t: &Tensor) -> f32 {
+    t.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+}
+
+fn close(got: &Tensor, want: &Tensor, what: &str) {
+    let diff = max_abs(&(got - want).unwrap());
+    let scale = max_abs(want).max(1e-3);
+    assert!(diff <= 2e-5 * scale.max(1.0), "{what}: max |diff| {diff} (scale {scale})");
+}
+
+fn check(c: ModelConfig, b: usize, t: usize, extra: usize) {
+    let model = Model::new(&c, 5, &Device::Cpu).unwrap();
+    assert!(fast::unsupported(&model).is_none());
+    let all = random_batch(b, t + extra, c.vocab_size as u32, 9, false).ids;
+    let ids = Tensor::from_vec(all.clone(), (b, t + extra), &Device::Cpu).unwrap();
+    let (reference, _) = model.forward_train(&ids).unwrap(); // [b, t+extra, V]
+
+    // The fast forward itself: its hidden states through the head give the graph's logits.
+    let prompt: Vec<u32> = (0..b).flat_map(|r| all[r * (t + extra)..r * (t + extra) + t].to_vec()).collect();
+    let p = fast::prefill(&model, &prompt, b, t).unwrap();
+    assert_eq!(p.kv.len(), c.num_hidden_layers);
+    assert_eq!(p.hidden.len(), b * t * c.hidden_size);
+
+    // Through the model's cached forward (which takes the fast path for a prompt into an empty cache).
+    let mut cache = model.new_cache();
+    let got = model.forward_all(&ids.narrow(1, 0, t).unwrap(), 0, &mut cache).unwrap();
+    close(&got, &reference.narrow(1, 0, t).unwrap(), "prompt logits");
+    // Then one token at a time from the cache the fast prefill filled.
+    for j in t..t + extra {
+        let l = model.forward(&ids.narrow(1, j, 1).unwrap(), j, &mut cache).unwrap();
+        close(&l, &reference.narrow(1, j, 1).unwrap().squeeze(1).unwrap(), &format!("decode at {j}"));
+    }
+    // Greedy picks agree too (the user-visible result).
+    let a = got.argmax(D::Minus1).unwrap().flatten_all().unwrap().to_vec1::<u32>().unwrap();
+    let r = reference.narrow(1, 0, t).unwrap().argmax(D::Minus1).unwrap().flatten_all().unwrap().to_vec1::<u32>().unwrap();
+    assert_eq!(a, r);
+}
+
+#[test]
+fn gqa_tied_two_rows_across_attention_blocks() {
+    check(cfg(32, 4, 2, true, false, false), 2, 70, 3);
+}
+
+#[test]
+fn mha_untied_interleaved_rope_short_prompt() {
+    check(cfg(24, 3, 3, false, true, false), 1, 5, 2);
+}
+
+#[test]
+fn qk_norm() {
+    check(cfg(32, 4, 1, true, false, true), 1, 9, 2);
+}
+
+#[test]
+fn bad_ids_are_named() {
+    let c = cfg(16, 2, 1, true, false, false);
+    let model = Model::new(&c, 1, &Device::Cpu).unwrap();
+    let err = fast::prefill(&model, &[1, 2, 999, 3], 1, 4).err().unwrap().to_string();
+    assert!(err.contains("token id 999 at position 2"), "{err}");
+}
