@@ -346,9 +346,10 @@ fn dims(model: &Model, b: usize, t: usize) -> Dims {
     }
 }
 
-/// RoPE cos/sin tables for positions `0..t`, `[t, D/2]` flattened.
-fn rope_tables(model: &Model, t: usize) -> Result<(Vec<f32>, Vec<f32>)> {
-    let (cos_t, sin_t) = model.rope.tables(0, t, false, &Device::Cpu)?;
+/// RoPE cos/sin tables for positions `0..t`, `[t, D/2]` flattened; `scaled`: with the config's
+/// YaRN scaling (inference only, as upstream: training uses the plain frequencies).
+fn rope_tables(model: &Model, t: usize, scaled: bool) -> Result<(Vec<f32>, Vec<f32>)> {
+    let (cos_t, sin_t) = model.rope.tables(0, t, scaled, &Device::Cpu)?;
     Ok((cos_t.flatten_all()?.to_vec1()?, sin_t.flatten_all()?.to_vec1()?))
 }
 
@@ -459,7 +460,7 @@ pub fn prefill(model: &Model, ids: &[u32], b: usize, t: usize) -> Result<Prefill
         return Err(Error::input(format!("token id {id} at position {} (batch row {}) is out of range for vocab_size {}", i % t, i / t, cfg.vocab_size)));
     }
     let dm = dims(model, b, t);
-    let (cos, sin) = rope_tables(model, t)?;
+    let (cos, sin) = rope_tables(model, t, true)?;
     let w = weights(model)?;
     let mut x = embed(&w.emb, ids, dm.c);
     let mut kv = Vec::with_capacity(w.layers.len());
@@ -508,7 +509,7 @@ pub fn lm_step(model: &Model, ids: &[u32], targets: &[u32], mask: &[f32], b: usi
     }
     let dm = dims(model, b, t);
     let (c, qd, kd, f, th) = (dm.c, dm.qd(), dm.kd(), dm.f, dm.threads);
-    let (cos, sin) = rope_tables(model, t)?;
+    let (cos, sin) = rope_tables(model, t, false)?;
     let inter = cfg.rope_interleaved;
     let Weights { emb, layers, norm_w, head } = weights(model)?;
 
