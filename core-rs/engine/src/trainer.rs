@@ -134,14 +134,17 @@ pub struct StepResult {
 }
 
 /// True when the LM objective can train `model` through [`crate::fast::lm_step`]: a dense CPU
-/// f32 model without adapters or dropout, unless `BUNMIND_FAST_STEP=0`.
+/// f32 model (all weights, or LoRA adapters on a frozen base) without dropout (model or LoRA),
+/// unless `BUNMIND_FAST_STEP=0`. `lora`: this trainer trains adapters only. The fast step trains
+/// the adapters exactly when some are attached, so a full-weight run on a model that carries
+/// (fixed) adapters, e.g. loaded through the FFI, goes through autograd.
 #[cfg(not(target_arch = "wasm32"))]
-fn fast_step_applies(model: &Model) -> bool {
-    model.config().dropout == 0.0 && crate::fast::enabled() && crate::fast::unsupported(model).is_none()
+fn fast_step_applies(model: &Model, lora: bool) -> bool {
+    crate::fast::enabled() && model.has_lora() == lora && crate::fast::unsupported_step(model).is_none()
 }
 
 #[cfg(target_arch = "wasm32")]
-fn fast_step_applies(_model: &Model) -> bool {
+fn fast_step_applies(_model: &Model, _lora: bool) -> bool {
     false
 }
 
@@ -304,10 +307,11 @@ impl Trainer {
         let mut dpo_metrics: Option<train::DpoMetrics> = None;
         let mut kl_ce: Option<(f64, f64)> = None;
         let objective = self.cfg.objective.clone();
-        let dropout_p = self.model.config().dropout;
+        // Masks are drawn when the model or its adapters' inputs have dropout.
+        let dropout_p = self.model.config().dropout.max(self.model.lora_dropout());
         let n_micro = micro.len() as f64;
         // The hand-written dense step (same arithmetic, no autograd graph) when it applies.
-        let use_fast = fast_step_applies(&self.model);
+        let use_fast = fast_step_applies(&self.model, self.adapters.is_some());
         let grad_clip = self.cfg.grad_clip;
         // Summed over the ranks with the gradients: tokens and stop requests. (The reported MoE
         // aux loss stays this rank's.)

@@ -4,7 +4,7 @@
 //! filled (keys/values in the cached attention's layout, RoPE positions continuing).
 //! Its own binary: no test here turns the fast path off (`BUNMIND_FAST_STEP`).
 use bunmind_engine::fast;
-use bunmind_engine::model::{Model, ModelConfig};
+use bunmind_engine::model::{LoraAdapters, LoraConfig, Model, ModelConfig};
 use candle_core::{Device, Tensor, D};
 
 mod common;
@@ -37,15 +37,18 @@ fn close(got: &Tensor, want: &Tensor, what: &str) {
 }
 
 fn check(c: ModelConfig, b: usize, t: usize, extra: usize) {
-    let model = Model::new(&c, 5, &Device::Cpu).unwrap();
-    assert!(fast::unsupported(&model).is_none());
+    check_model(&Model::new(&c, 5, &Device::Cpu).unwrap(), &c, b, t, extra);
+}
+
+fn check_model(model: &Model, c: &ModelConfig, b: usize, t: usize, extra: usize) {
+    assert!(fast::unsupported(model).is_none());
     let all = random_batch(b, t + extra, c.vocab_size as u32, 9, false).ids;
     let ids = Tensor::from_vec(all.clone(), (b, t + extra), &Device::Cpu).unwrap();
     let (reference, _) = model.forward_train(&ids).unwrap(); // [b, t+extra, V]
 
     // The fast forward itself: its hidden states through the head give the graph's logits.
     let prompt: Vec<u32> = (0..b).flat_map(|r| all[r * (t + extra)..r * (t + extra) + t].to_vec()).collect();
-    let p = fast::prefill(&model, &prompt, b, t).unwrap();
+    let p = fast::prefill(model, &prompt, b, t).unwrap();
     assert_eq!(p.kv.len(), c.num_hidden_layers);
     assert_eq!(p.hidden.len(), b * t * c.hidden_size);
 
@@ -85,4 +88,27 @@ fn bad_ids_are_named() {
     let model = Model::new(&c, 1, &Device::Cpu).unwrap();
     let err = fast::prefill(&model, &[1, 2, 999, 3], 1, 4).err().unwrap().to_string();
     assert!(err.contains("token id 999 at position 2"), "{err}");
+}
+
+#[test]
+fn lora_adapters_on_every_projection() {
+    // Adapters with non-zero B (scale alpha/r = 2): the prefill adds them as the graph does.
+    let c = cfg(32, 4, 2, false, false, true);
+    let mut model = Model::new(&c, 5, &Device::Cpu).unwrap();
+    let targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"].map(String::from).to_vec();
+    let ad = LoraAdapters::new(&model, LoraConfig { r: 4, lora_alpha: 8.0, target_modules: targets, ..Default::default() }, 3).unwrap();
+    for p in ad.named_parameters() {
+        if p.name.ends_with("lora_B.weight") {
+            let n = p.var.elem_count();
+            let v: Vec<f32> = (0..n).map(|i| 0.3 * (i as f32 * 0.37).sin()).collect();
+            p.var.set(&Tensor::from_vec(v, p.var.shape().clone(), &Device::Cpu).unwrap()).unwrap();
+        }
+    }
+    let plain = Model::new(&c, 5, &Device::Cpu).unwrap();
+    model.attach_lora(&ad).unwrap();
+    // The adapters change the prompt's hidden states (else this test would check nothing).
+    let ids: Vec<u32> = (0..9).map(|i| i * 5 % 71).collect();
+    let (h0, h1) = (fast::prefill(&plain, &ids, 1, 9).unwrap().hidden, fast::prefill(&model, &ids, 1, 9).unwrap().hidden);
+    assert!(h0.iter().zip(&h1).any(|(a, b)| (a - b).abs() > 1e-2));
+    check_model(&model, &c, 2, 20, 2);
 }

@@ -11,13 +11,23 @@
 //! ([`crate::model::Model::forward_train`] + masked cross-entropy): tests compare every
 //! gradient with it and with finite differences.
 //!
-//! Scope: dense MLPs (QK-norm or not), no LoRA, no dropout, CPU f32 ([`unsupported`] says why not).
-//! Everything else (MoE, adapters, dropout, DPO, distillation, CUDA) trains through autograd.
+//! LoRA: with adapters attached (`Model::attach_lora`) the base weights are frozen and only the
+//! adapters train, as in the trainer's `lora` mode. A targeted projection computes
+//! `y = x·Wᵀ + s·(x·Aᵀ)·Bᵀ` (s = alpha/r; A `[r, in]`, B `[out, r]`), keeping `x·Aᵀ` for the
+//! backward; the backward still carries dx through every W and adapter, but computes no base
+//! weight's, norm's or embedding's gradient (nor the first layer's input gradient): that skipped
+//! work, about a third of a full step, is where LoRA's speed comes from. The gradients returned
+//! are then exactly those of the adapters' A and B tensors (the Vars the trainer's AdamW tracks).
+//!
+//! Scope: dense MLPs (QK-norm or not), full training or LoRA adapters on the attention and MLP
+//! projections, no dropout (model or LoRA), CPU f32 ([`unsupported`] / [`unsupported_step`] say
+//! why not). Everything else (MoE, dropout, DPO, distillation, CUDA) trains through autograd.
 use candle_core::{backprop::GradStore, CpuStorage, Device, Storage, Tensor};
 use rayon::prelude::*;
 
-use super::gemm::{mm, Mat, SendPtr};
+use super::gemm::{mm, mm_scaled, Mat, SendPtr};
 use super::vmath;
+use crate::model::linear::Linear;
 use crate::model::mlp::FeedForward;
 use crate::model::Model;
 use crate::ops::uninit;
@@ -26,7 +36,8 @@ use crate::{Error, Result};
 /// Rows of queries per causal attention block: each block multiplies against keys `0..end`.
 const ATTN_BLOCK: usize = 64;
 
-/// Why the hand-written step cannot train `model` (`None`: it can).
+/// Why the hand-written kernels cannot run `model`, forward ([`prefill`]) or step ([`lm_step`])
+/// (`None`: they can). Dropout is not checked here: see [`unsupported_step`].
 pub fn unsupported(model: &Model) -> Option<String> {
     let cfg = &model.cfg;
     if !model.device.is_cpu() {
@@ -41,28 +52,36 @@ pub fn unsupported(model: &Model) -> Option<String> {
     if model.autocast().is_some() {
         return Some("mixed-precision autocast".into());
     }
-    for l in &model.layers {
-        if !matches!(l.mlp, FeedForward::Dense(_)) {
-            return Some("mixture-of-experts layers".into());
-        }
-        let a = &l.self_attn;
-        if [&a.q_proj, &a.k_proj, &a.v_proj, &a.o_proj].iter().any(|p| p.lora.is_some()) {
-            return Some("LoRA adapters".into());
-        }
-        if let FeedForward::Dense(m) = &l.mlp {
-            if [&m.gate_proj, &m.up_proj, &m.down_proj].iter().any(|p| p.lora.is_some()) {
-                return Some("LoRA adapters".into());
-            }
-        }
+    if model.layers.iter().any(|l| !matches!(l.mlp, FeedForward::Dense(_))) {
+        return Some("mixture-of-experts layers".into());
     }
+    // LoRA targets only the attention and MLP projections (`LORA_TARGETS`); an adapter on the
+    // head cannot be attached through `LoraAdapters`, and this step does not implement one.
     if model.lm_head.as_ref().is_some_and(|h| h.lora.is_some()) {
-        return Some("LoRA adapters".into());
+        return Some("a LoRA adapter on lm_head".into());
+    }
+    None
+}
+
+/// Why [`lm_step`] cannot train `model` (`None`: it can): what [`unsupported`] says, or dropout,
+/// which this step does not draw (model dropout, or LoRA dropout on the adapters' inputs).
+pub fn unsupported_step(model: &Model) -> Option<String> {
+    if let Some(why) = unsupported(model) {
+        return Some(why);
+    }
+    if model.cfg.dropout > 0.0 {
+        return Some(format!("dropout {}", model.cfg.dropout));
+    }
+    let lora_dropout = model.lora_dropout();
+    if lora_dropout > 0.0 {
+        return Some(format!("LoRA dropout {lora_dropout}"));
     }
     None
 }
 
 /// What one micro-batch's step produced: Σ over counted positions of −log p(target), the count,
-/// and d(Σ)/dθ for every parameter (not divided by the count: the caller normalises the step).
+/// and d(Σ)/dθ for every trainable parameter (not divided by the count: the caller normalises the
+/// step): every base weight, or with LoRA adapters attached only the adapters' A and B.
 pub struct LmStep {
     pub loss_sum: f64,
     pub count: usize,
@@ -94,19 +113,56 @@ impl<'a> View<'a> {
     }
 }
 
+/// A LoRA adapter's tensors: A `[r, in]`, B `[out, r]`, and the scale alpha/r.
+struct Adapter<'a> {
+    a: View<'a>,
+    b: View<'a>,
+    r: usize,
+    s: f32,
+}
+
+/// A projection `y = x·Wᵀ` (w: `[out, in]`), plus `s·(x·Aᵀ)·Bᵀ` when an adapter is attached.
+struct Proj<'a> {
+    w: View<'a>,
+    lora: Option<Adapter<'a>>,
+}
+
+impl<'a> Proj<'a> {
+    fn new(l: &'a Linear, what: &str) -> Result<Proj<'a>> {
+        let w = View::new(&l.weight, what)?;
+        let lora = match &l.lora {
+            None => None,
+            Some(lo) => {
+                let (r, out, inp) = (lo.a.dims().first().copied().unwrap_or(0), l.out_features(), l.in_features());
+                if lo.a.dims() != [r, inp] || lo.b.dims() != [out, r] {
+                    return Err(Error::input(format!(
+                        "fast step: `{what}` LoRA shapes A {:?} / B {:?} do not fit a [{out}, {inp}] weight",
+                        lo.a.dims(),
+                        lo.b.dims()
+                    )));
+                }
+                let a = View::new(&lo.a, &format!("{what}.lora_A"))?;
+                let b = View::new(&lo.b, &format!("{what}.lora_B"))?;
+                Some(Adapter { a, b, r, s: lo.scale as f32 })
+            }
+        };
+        Ok(Proj { w, lora })
+    }
+}
+
 /// One layer's weights.
 struct LayerW<'a> {
     n1: View<'a>,
-    wq: View<'a>,
-    wk: View<'a>,
-    wv: View<'a>,
-    wo: View<'a>,
+    wq: Proj<'a>,
+    wk: Proj<'a>,
+    wv: Proj<'a>,
+    wo: Proj<'a>,
     /// QK-norm gains (per-head RMSNorm on q and k before RoPE), with their eps.
     qk: Option<(View<'a>, View<'a>, f32)>,
     n2: View<'a>,
-    wg: View<'a>,
-    wu: View<'a>,
-    wd: View<'a>,
+    wg: Proj<'a>,
+    wu: Proj<'a>,
+    wd: Proj<'a>,
 }
 
 /// What the backward needs from one layer's forward.
@@ -127,6 +183,8 @@ struct Saved {
     g: Vec<f32>,    // gate pre-activation [N, F]
     u: Vec<f32>,    // up [N, F]
     a: Vec<f32>,    // silu(g)·u [N, F]
+    /// x·Aᵀ [N, r] of each adapted projection, in the order q, k, v, o, gate, up, down.
+    xa: [Option<Vec<f32>>; 7],
 }
 
 #[derive(Clone, Copy)]
@@ -169,6 +227,77 @@ fn linear(x: &[f32], w: &[f32], rows: usize, inp: usize, out: usize, threads: us
 fn linear_dx(dy: &[f32], w: &[f32], dx: &mut [f32], rows: usize, inp: usize, out: usize, acc: bool, threads: usize) {
     // SAFETY: shapes as documented; dx is exclusively borrowed.
     unsafe { mm(rows, inp, out, dx.as_mut_ptr(), inp, acc, Mat::rows(dy.as_ptr(), out), Mat::rows(w.as_ptr(), inp), threads) };
+}
+
+/// y (+)= x·Wᵀ + s·(x·Aᵀ)·Bᵀ into `y` [rows, out] (overwritten unless `acc`); returns x·Aᵀ
+/// [rows, r] when the projection has an adapter (its backward needs it).
+fn proj_fwd(p: &Proj<'_>, x: &[f32], y: &mut [f32], rows: usize, inp: usize, out: usize, acc: bool, threads: usize) -> Option<Vec<f32>> {
+    // SAFETY: x is [rows, inp], w is [out, inp], y is [rows, out] and exclusively borrowed.
+    unsafe { mm(rows, out, inp, y.as_mut_ptr(), out, acc, Mat::rows(x.as_ptr(), inp), Mat::t(p.w.s().as_ptr(), inp), threads) };
+    let lo = p.lora.as_ref()?;
+    let r = lo.r;
+    let mut xa = uninit(rows * r);
+    // SAFETY: A is [r, inp], B is [out, r]; xa is fresh [rows, r].
+    unsafe {
+        mm(rows, r, inp, xa.as_mut_ptr(), r, false, Mat::rows(x.as_ptr(), inp), Mat::t(lo.a.s().as_ptr(), inp), threads);
+        mm_scaled(rows, out, r, y.as_mut_ptr(), out, true, Mat::rows(xa.as_ptr(), r), Mat::t(lo.b.s().as_ptr(), r), lo.s, threads);
+    }
+    Some(xa)
+}
+
+/// [`proj_fwd`] into a fresh output.
+fn proj(p: &Proj<'_>, x: &[f32], rows: usize, inp: usize, out: usize, threads: usize) -> (Vec<f32>, Option<Vec<f32>>) {
+    let mut y = uninit(rows * out);
+    let xa = proj_fwd(p, x, &mut y, rows, inp, out, false, threads);
+    (y, xa)
+}
+
+/// The gradient a projection's backward produces.
+enum PGrad {
+    /// dW [out, in] (full training).
+    W(Vec<f32>),
+    /// dA [r, in] and dB [out, r] (LoRA: the base weight is frozen).
+    Lora(Vec<f32>, Vec<f32>),
+    /// Nothing trainable (a frozen projection without an adapter).
+    None,
+}
+
+/// The gradient of [`proj_fwd`]'s parameters for dy [rows, out] (its base part of dx, dy·W, is
+/// [`linear_dx`]'s): dW when `train_base`; otherwise, for an adapter, dB = s·dyᵀ·(x·Aᵀ) and
+/// dA = (s·dy·B)ᵀ·x, and the adapter's part of the input gradient is added, dx += (s·dy·B)·A, when
+/// `dx` is given. The frozen dW is never computed.
+#[allow(clippy::too_many_arguments)]
+fn proj_grad(
+    p: &Proj<'_>,
+    dy: &[f32],
+    x: &[f32],
+    xa: Option<Vec<f32>>,
+    dx: Option<&mut [f32]>,
+    rows: usize,
+    inp: usize,
+    out: usize,
+    train_base: bool,
+    threads: usize,
+) -> PGrad {
+    if train_base {
+        return PGrad::W(linear_dw(dy, x, rows, inp, out, threads));
+    }
+    let (Some(lo), Some(xa)) = (&p.lora, xa) else { return PGrad::None };
+    let r = lo.r;
+    let mut db = uninit(out * r);
+    let mut dxa = uninit(rows * r);
+    let mut da = uninit(r * inp);
+    // SAFETY: dy [rows, out], xa [rows, r], B [out, r], A [r, inp], x [rows, inp]; db, dxa and
+    // da are fresh, dx is exclusively borrowed [rows, inp].
+    unsafe {
+        mm_scaled(out, r, rows, db.as_mut_ptr(), r, false, Mat::t(dy.as_ptr(), out), Mat::rows(xa.as_ptr(), r), lo.s, threads);
+        mm_scaled(rows, r, out, dxa.as_mut_ptr(), r, false, Mat::rows(dy.as_ptr(), out), Mat::rows(lo.b.s().as_ptr(), r), lo.s, threads);
+        mm(r, inp, rows, da.as_mut_ptr(), inp, false, Mat::t(dxa.as_ptr(), r), Mat::rows(x.as_ptr(), inp), threads);
+        if let Some(dx) = dx {
+            mm(rows, inp, r, dx.as_mut_ptr(), inp, true, Mat::rows(dxa.as_ptr(), r), Mat::rows(lo.a.s().as_ptr(), inp), threads);
+        }
+    }
+    PGrad::Lora(da, db)
 }
 
 /// dW = dyᵀ·x  → [out, in]
@@ -370,21 +499,24 @@ fn weights(model: &Model) -> Result<Weights<'_>> {
         fn v<'a>(t: &'a Tensor, i: usize, what: &str) -> Result<View<'a>> {
             View::new(t, &format!("layers.{i}.{what}"))
         }
+        fn pj<'a>(l: &'a Linear, i: usize) -> Result<Proj<'a>> {
+            Proj::new(l, &format!("layers.{i}.{}", l.short_name()))
+        }
         layers.push(LayerW {
             n1: View::new(&l.input_layernorm.weight, "input_layernorm")?,
-            wq: v(&a.q_proj.weight, i, "q_proj")?,
-            wk: v(&a.k_proj.weight, i, "k_proj")?,
-            wv: v(&a.v_proj.weight, i, "v_proj")?,
-            wo: v(&a.o_proj.weight, i, "o_proj")?,
+            wq: pj(&a.q_proj, i)?,
+            wk: pj(&a.k_proj, i)?,
+            wv: pj(&a.v_proj, i)?,
+            wo: pj(&a.o_proj, i)?,
             qk: match (&a.q_norm, &a.k_norm) {
                 (Some(qn), Some(kn)) => Some((v(&qn.weight, i, "q_norm")?, v(&kn.weight, i, "k_norm")?, qn.eps as f32)),
                 (None, None) => None,
                 _ => return Err(Error::input(format!("layers.{i}: q_norm and k_norm must both be present or both absent"))),
             },
             n2: View::new(&l.post_attention_layernorm.weight, "post_attention_layernorm")?,
-            wg: v(&mlp.gate_proj.weight, i, "gate_proj")?,
-            wu: v(&mlp.up_proj.weight, i, "up_proj")?,
-            wd: v(&mlp.down_proj.weight, i, "down_proj")?,
+            wg: pj(&mlp.gate_proj, i)?,
+            wu: pj(&mlp.up_proj, i)?,
+            wd: pj(&mlp.down_proj, i)?,
         });
     }
     let norm_w = View::new(&model.norm.weight, "norm")?;
@@ -407,9 +539,9 @@ fn embed(emb: &View<'_>, ids: &[u32], c: usize) -> Vec<f32> {
 fn layer_fwd(lw: &LayerW<'_>, x: Vec<f32>, dm: &Dims, cos: &[f32], sin: &[f32], inter: bool) -> (Saved, Vec<f32>) {
     let (n, c, qd, kd, f, th) = (dm.n, dm.c, dm.qd(), dm.kd(), dm.f, dm.threads);
     let (xn1, inv1) = rms_fwd(&x, lw.n1.s(), c, dm.eps);
-    let mut q = linear(&xn1, lw.wq.s(), n, c, qd, th);
-    let mut k = linear(&xn1, lw.wk.s(), n, c, kd, th);
-    let v = linear(&xn1, lw.wv.s(), n, c, kd, th);
+    let (mut q, xa_q) = proj(&lw.wq, &xn1, n, c, qd, th);
+    let (mut k, xa_k) = proj(&lw.wk, &xn1, n, c, kd, th);
+    let (v, xa_v) = proj(&lw.wv, &xn1, n, c, kd, th);
     let qk_pre = match &lw.qk {
         None => None,
         Some((wqn, wkn, eps)) => {
@@ -423,18 +555,17 @@ fn layer_fwd(lw: &LayerW<'_>, x: Vec<f32>, dm: &Dims, cos: &[f32], sin: &[f32], 
     rope(&mut k, dm.kvh, dm, cos, sin, inter, 1.0);
     let (p, y) = attn_fwd(&q, &k, &v, dm);
     let mut mid = x.clone();
-    // SAFETY: y [N, QD], wo [C, QD], mid [N, C].
-    unsafe { mm(n, c, qd, mid.as_mut_ptr(), c, true, Mat::rows(y.as_ptr(), qd), Mat::t(lw.wo.s().as_ptr(), qd), th) };
+    let xa_o = proj_fwd(&lw.wo, &y, &mut mid, n, qd, c, true, th);
     let (xn2, inv2) = rms_fwd(&mid, lw.n2.s(), c, dm.eps);
-    let g = linear(&xn2, lw.wg.s(), n, c, f, th);
-    let u = linear(&xn2, lw.wu.s(), n, c, f, th);
+    let (g, xa_g) = proj(&lw.wg, &xn2, n, c, f, th);
+    let (u, xa_u) = proj(&lw.wu, &xn2, n, c, f, th);
     let mut a = uninit(n * f);
     let rpt = rows_per_task(f) * f;
     a.par_chunks_mut(rpt).zip(g.par_chunks(rpt)).zip(u.par_chunks(rpt)).for_each(|((ab, gb), ub)| vmath::swiglu_fwd(gb, ub, ab));
     let mut out = mid.clone();
-    // SAFETY: a [N, F], wd [C, F], out [N, C].
-    unsafe { mm(n, c, f, out.as_mut_ptr(), c, true, Mat::rows(a.as_ptr(), f), Mat::t(lw.wd.s().as_ptr(), f), th) };
-    (Saved { x, inv1, xn1, q, qk_pre, k, v, p, y, mid, inv2, xn2, g, u, a }, out)
+    let xa_d = proj_fwd(&lw.wd, &a, &mut out, n, f, c, true, th);
+    let xa = [xa_q, xa_k, xa_v, xa_o, xa_g, xa_u, xa_d];
+    (Saved { x, inv1, xn1, q, qk_pre, k, v, p, y, mid, inv2, xn2, g, u, a, xa }, out)
 }
 
 /// What [`prefill`] returns: the final-normed hidden states and every layer's keys and values.
@@ -477,9 +608,10 @@ fn tensor(v: Vec<f32>, shape: &[usize]) -> Result<Tensor> {
     Ok(Tensor::from_vec(v, shape, &Device::Cpu)?)
 }
 
-/// One micro-batch: ids/targets/mask row-major `[b, t]`.
+/// One micro-batch: ids/targets/mask row-major `[b, t]`. Trains every base weight, or only the
+/// LoRA adapters when some are attached (see the module doc).
 pub fn lm_step(model: &Model, ids: &[u32], targets: &[u32], mask: &[f32], b: usize, t: usize) -> Result<LmStep> {
-    if let Some(why) = unsupported(model) {
+    if let Some(why) = unsupported_step(model) {
         return Err(Error::input(format!("fast step: not available for this model ({why})")));
     }
     crate::ops::alloc::tune_for_training();
@@ -512,6 +644,9 @@ pub fn lm_step(model: &Model, ids: &[u32], targets: &[u32], mask: &[f32], b: usi
     let (cos, sin) = rope_tables(model, t, false)?;
     let inter = cfg.rope_interleaved;
     let Weights { emb, layers, norm_w, head } = weights(model)?;
+    // With LoRA adapters attached only they train: the base weights are frozen, so no base
+    // weight's, norm's or embedding's gradient is computed (the step's main saving).
+    let train_base = !model.has_lora();
 
     // ---- forward
     let mut x = embed(&emb, ids, c);
@@ -538,7 +673,7 @@ pub fn lm_step(model: &Model, ids: &[u32], targets: &[u32], mask: &[f32], b: usi
     let dlogits = logits;
     let mut dhn = uninit(m * c);
     linear_dx(&dlogits, head.s(), &mut dhn, m, c, dm.v, false, th);
-    let d_head = linear_dw(&dlogits, &hn, m, c, dm.v, th); // [V, C]
+    let d_head = if train_base { linear_dw(&dlogits, &hn, m, c, dm.v, th) } else { Vec::new() }; // [V, C]
     drop(dlogits);
     let mut dxnf = vec![0f32; n * c];
     for (row, &i) in dhn.chunks(c).zip(&counted) {
@@ -548,30 +683,33 @@ pub fn lm_step(model: &Model, ids: &[u32], targets: &[u32], mask: &[f32], b: usi
     let d_norm = rms_bwd(&x, norm_w.s(), &invf, &dxnf, &mut dx, c, false);
     drop(dxnf);
 
-    let mut layer_grads: Vec<([Vec<f32>; 9], Option<(Vec<f32>, Vec<f32>)>)> = Vec::with_capacity(layers.len());
-    for (lw, s) in layers.iter().zip(saved.into_iter()).rev() {
-        let Saved { x, inv1, xn1, q, qk_pre, k, v, p, y, mid, inv2, xn2, mut g, mut u, a } = s;
+    let mut layer_grads: Vec<LayerGrads> = Vec::with_capacity(layers.len());
+    for (li, (lw, s)) in layers.iter().zip(saved).enumerate().rev() {
+        // Adapters only: nothing below the first layer trains, so its input gradient is not needed.
+        let need_dx = train_base || li > 0;
+        let Saved { x, inv1, xn1, q, qk_pre, k, v, p, y, mid, inv2, xn2, mut g, mut u, a, xa } = s;
+        let [xa_q, xa_k, xa_v, xa_o, xa_g, xa_u, xa_d] = xa;
         // MLP: out = mid + a·Wdᵀ
         let mut da = uninit(n * f);
-        linear_dx(&dx, lw.wd.s(), &mut da, n, f, c, false, th);
-        let d_wd = linear_dw(&dx, &a, n, f, c, th);
+        linear_dx(&dx, lw.wd.w.s(), &mut da, n, f, c, false, th);
+        let g_d = proj_grad(&lw.wd, &dx, &a, xa_d, Some(&mut da), n, f, c, train_base, th);
         drop(a);
         let rpt = rows_per_task(f) * f;
         g.par_chunks_mut(rpt).zip(u.par_chunks_mut(rpt)).zip(da.par_chunks(rpt)).for_each(|((gb, ub), db)| vmath::swiglu_bwd(gb, ub, db));
         drop(da);
         let (dg, du) = (g, u);
         let mut dxn2 = uninit(n * c);
-        linear_dx(&dg, lw.wg.s(), &mut dxn2, n, c, f, false, th);
-        linear_dx(&du, lw.wu.s(), &mut dxn2, n, c, f, true, th);
-        let d_wg = linear_dw(&dg, &xn2, n, c, f, th);
-        let d_wu = linear_dw(&du, &xn2, n, c, f, th);
+        linear_dx(&dg, lw.wg.w.s(), &mut dxn2, n, c, f, false, th);
+        linear_dx(&du, lw.wu.w.s(), &mut dxn2, n, c, f, true, th);
+        let g_g = proj_grad(&lw.wg, &dg, &xn2, xa_g, Some(&mut dxn2), n, c, f, train_base, th);
+        let g_u = proj_grad(&lw.wu, &du, &xn2, xa_u, Some(&mut dxn2), n, c, f, train_base, th);
         drop((dg, du, xn2));
         let d_n2 = rms_bwd(&mid, lw.n2.s(), &inv2, &dxn2, &mut dx, c, true);
         drop((dxn2, mid));
         // Attention: mid = x + y·Woᵀ
         let mut dy = uninit(n * qd);
-        linear_dx(&dx, lw.wo.s(), &mut dy, n, qd, c, false, th);
-        let d_wo = linear_dw(&dx, &y, n, qd, c, th);
+        linear_dx(&dx, lw.wo.w.s(), &mut dy, n, qd, c, false, th);
+        let g_o = proj_grad(&lw.wo, &dx, &y, xa_o, Some(&mut dy), n, qd, c, train_base, th);
         drop(y);
         let (mut dq, mut dk, dv) = attn_bwd(&q, &k, &v, &p, &dy, &dm);
         drop((q, k, v, p, dy));
@@ -589,52 +727,72 @@ pub fn lm_step(model: &Model, ids: &[u32], targets: &[u32], mask: &[f32], b: usi
             }
             _ => None,
         };
-        let mut dxn1 = uninit(n * c);
-        linear_dx(&dq, lw.wq.s(), &mut dxn1, n, c, qd, false, th);
-        linear_dx(&dk, lw.wk.s(), &mut dxn1, n, c, kd, true, th);
-        linear_dx(&dv, lw.wv.s(), &mut dxn1, n, c, kd, true, th);
-        let d_wq = linear_dw(&dq, &xn1, n, c, qd, th);
-        let d_wk = linear_dw(&dk, &xn1, n, c, kd, th);
-        let d_wv = linear_dw(&dv, &xn1, n, c, kd, th);
+        let mut dxn1 = if need_dx { uninit(n * c) } else { Vec::new() };
+        if need_dx {
+            linear_dx(&dq, lw.wq.w.s(), &mut dxn1, n, c, qd, false, th);
+            linear_dx(&dk, lw.wk.w.s(), &mut dxn1, n, c, kd, true, th);
+            linear_dx(&dv, lw.wv.w.s(), &mut dxn1, n, c, kd, true, th);
+        }
+        let g_q = proj_grad(&lw.wq, &dq, &xn1, xa_q, need_dx.then_some(&mut dxn1[..]), n, c, qd, train_base, th);
+        let g_k = proj_grad(&lw.wk, &dk, &xn1, xa_k, need_dx.then_some(&mut dxn1[..]), n, c, kd, train_base, th);
+        let g_v = proj_grad(&lw.wv, &dv, &xn1, xa_v, need_dx.then_some(&mut dxn1[..]), n, c, kd, train_base, th);
         drop((dq, dk, dv, xn1));
-        let d_n1 = rms_bwd(&x, lw.n1.s(), &inv1, &dxn1, &mut dx, c, true);
-        layer_grads.push(([d_n1, d_wq, d_wk, d_wv, d_wo, d_n2, d_wg, d_wu, d_wd], d_qk));
+        let d_n1 = if need_dx { rms_bwd(&x, lw.n1.s(), &inv1, &dxn1, &mut dx, c, true) } else { Vec::new() };
+        layer_grads.push(LayerGrads { n1: d_n1, n2: d_n2, qk: d_qk, proj: [g_q, g_k, g_v, g_o, g_g, g_u, g_d] });
     }
     layer_grads.reverse();
-
-    // Embedding: scatter-add of the input gradient (plus the head's when tied).
-    let tied = model.lm_head.is_none();
-    let mut d_emb = if tied { d_head.clone() } else { vec![0f32; dm.v * c] };
-    for (row, &id) in dx.chunks(c).zip(ids) {
-        for (a, &g) in d_emb[id as usize * c..(id as usize + 1) * c].iter_mut().zip(row) {
-            *a += g;
-        }
-    }
-    drop((emb, layers, norm_w, head));
+    drop((layers, norm_w, head));
 
     let mut grads = GradStore::default();
-    grads.insert(&model.embed_tokens, tensor(d_emb, &[dm.v, c])?);
-    if let Some(l) = &model.lm_head {
-        grads.insert(&l.weight, tensor(d_head, &[dm.v, c])?);
+    if train_base {
+        // Embedding: scatter-add of the input gradient (plus the head's when tied).
+        let tied = model.lm_head.is_none();
+        let mut d_emb = if tied { d_head.clone() } else { vec![0f32; dm.v * c] };
+        for (row, &id) in dx.chunks(c).zip(ids) {
+            for (a, &g) in d_emb[id as usize * c..(id as usize + 1) * c].iter_mut().zip(row) {
+                *a += g;
+            }
+        }
+        drop(emb);
+        grads.insert(&model.embed_tokens, tensor(d_emb, &[dm.v, c])?);
+        if let Some(l) = &model.lm_head {
+            grads.insert(&l.weight, tensor(d_head, &[dm.v, c])?);
+        }
+        grads.insert(&model.norm.weight, tensor(d_norm, &[c])?);
     }
-    grads.insert(&model.norm.weight, tensor(d_norm, &[c])?);
     for (l, gr) in model.layers.iter().zip(layer_grads) {
         let FeedForward::Dense(mlp) = &l.mlp else { unreachable!() };
         let a = &l.self_attn;
-        let ([d_n1, d_wq, d_wk, d_wv, d_wo, d_n2, d_wg, d_wu, d_wd], d_qk) = gr;
-        if let (Some(qn), Some(kn), Some((d_qn, d_kn))) = (&a.q_norm, &a.k_norm, d_qk) {
-            grads.insert(&qn.weight, tensor(d_qn, &[dm.d])?);
-            grads.insert(&kn.weight, tensor(d_kn, &[dm.d])?);
+        if train_base {
+            if let (Some(qn), Some(kn), Some((d_qn, d_kn))) = (&a.q_norm, &a.k_norm, gr.qk) {
+                grads.insert(&qn.weight, tensor(d_qn, &[dm.d])?);
+                grads.insert(&kn.weight, tensor(d_kn, &[dm.d])?);
+            }
+            grads.insert(&l.input_layernorm.weight, tensor(gr.n1, &[c])?);
+            grads.insert(&l.post_attention_layernorm.weight, tensor(gr.n2, &[c])?);
         }
-        grads.insert(&l.input_layernorm.weight, tensor(d_n1, &[c])?);
-        grads.insert(&a.q_proj.weight, tensor(d_wq, &[qd, c])?);
-        grads.insert(&a.k_proj.weight, tensor(d_wk, &[kd, c])?);
-        grads.insert(&a.v_proj.weight, tensor(d_wv, &[kd, c])?);
-        grads.insert(&a.o_proj.weight, tensor(d_wo, &[c, qd])?);
-        grads.insert(&l.post_attention_layernorm.weight, tensor(d_n2, &[c])?);
-        grads.insert(&mlp.gate_proj.weight, tensor(d_wg, &[f, c])?);
-        grads.insert(&mlp.up_proj.weight, tensor(d_wu, &[f, c])?);
-        grads.insert(&mlp.down_proj.weight, tensor(d_wd, &[c, f])?);
+        let linears = [&a.q_proj, &a.k_proj, &a.v_proj, &a.o_proj, &mlp.gate_proj, &mlp.up_proj, &mlp.down_proj];
+        for (lin, pg) in linears.into_iter().zip(gr.proj) {
+            match (pg, &lin.lora) {
+                (PGrad::W(dw), _) => {
+                    grads.insert(&lin.weight, tensor(dw, lin.weight.dims())?);
+                }
+                (PGrad::Lora(da, db), Some(lo)) => {
+                    grads.insert(&lo.a, tensor(da, lo.a.dims())?);
+                    grads.insert(&lo.b, tensor(db, lo.b.dims())?);
+                }
+                _ => {}
+            }
+        }
     }
     Ok(LmStep { loss_sum, count: m, grads })
+}
+
+/// One layer's gradients from [`lm_step`]'s backward (norm gains are empty with LoRA).
+struct LayerGrads {
+    n1: Vec<f32>,
+    n2: Vec<f32>,
+    qk: Option<(Vec<f32>, Vec<f32>)>,
+    /// q, k, v, o, gate, up, down.
+    proj: [PGrad; 7],
 }

@@ -41,6 +41,15 @@ unsafe impl Sync for SendPtr {}
 /// `a` or `b` or be written by anyone else during the call.
 #[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn mm(m: usize, n: usize, k: usize, dst: *mut f32, ld: usize, acc: bool, a: Mat, b: Mat, threads: usize) {
+    mm_scaled(m, n, k, dst, ld, acc, a, b, 1.0, threads)
+}
+
+/// `dst[m×n] (+)= s · a[m×k] · b[k×n]`: [`mm`] with the product scaled by `s` (in the kernel).
+///
+/// # Safety
+/// As [`mm`].
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn mm_scaled(m: usize, n: usize, k: usize, dst: *mut f32, ld: usize, acc: bool, a: Mat, b: Mat, s: f32, threads: usize) {
     if m == 0 || n == 0 {
         return;
     }
@@ -53,7 +62,7 @@ pub(crate) unsafe fn mm(m: usize, n: usize, k: usize, dst: *mut f32, ld: usize, 
         return;
     }
     let par = if threads > 1 { Parallelism::Rayon(threads) } else { Parallelism::None };
-    gemm::gemm(m, n, k, dst, 1, ld as isize, acc, a.ptr, a.cs, a.rs, b.ptr, b.cs, b.rs, 1.0f32, 1.0f32, false, false, false, par);
+    gemm::gemm(m, n, k, dst, 1, ld as isize, acc, a.ptr, a.cs, a.rs, b.ptr, b.cs, b.rs, 1.0f32, s, false, false, false, par);
 }
 
 #[cfg(test)]
@@ -85,6 +94,10 @@ mod tests {
             unsafe { mm(m, n, k, c.as_mut_ptr(), n, true, Mat::rows(a.as_ptr(), k), Mat::t(bt.as_ptr(), k), threads) };
             for (x, y) in c.iter().zip(&want) {
                 assert!((x - 2.0 * y).abs() < 1e-5);
+            }
+            unsafe { mm_scaled(m, n, k, c.as_mut_ptr(), n, true, Mat::rows(a.as_ptr(), k), Mat::t(bt.as_ptr(), k), -0.5, threads) };
+            for (x, y) in c.iter().zip(&want) {
+                assert!((x - 1.5 * y).abs() < 1e-5);
             }
         }
     }

@@ -1,15 +1,18 @@
 //! Hand-written training steps for the common case, next to candle's autograd for the rest.
 //!
 //! [`dense::lm_step`] is the language-model step (forward, masked cross-entropy, backward) of a
-//! dense decoder on CPU f32, about 1.5× faster than the recorded graph; the trainer uses it
-//! whenever [`dense::unsupported`] returns `None` and no dropout is drawn (set
-//! `BUNMIND_FAST_STEP=0` to force autograd). Its gradients are checked against the autograd
-//! graph and against finite differences in `tests/fast_step.rs`.
+//! dense decoder on CPU f32, about 1.5× faster than the recorded graph for full training and
+//! about 2× for LoRA (adapters on a frozen base: no frozen weight's gradient is computed; trainer
+//! steps on minimind2-small, rank 16 on q/o, `examples/step_profile.rs` with `LORA=1`); the
+//! trainer uses it whenever [`dense::unsupported_step`] returns `None`, i.e. also no dropout,
+//! model or LoRA (set `BUNMIND_FAST_STEP=0` to force autograd). Its gradients are checked against
+//! the autograd graph and against finite differences in `tests/fast_step.rs`. [`dense::prefill`]
+//! is its forward alone (with or without adapters), for a prompt into an empty KV cache.
 pub mod dense;
 pub(crate) mod gemm;
 pub(crate) mod vmath;
 
-pub use dense::{lm_step, prefill, unsupported, LmStep, Prefill};
+pub use dense::{lm_step, prefill, unsupported, unsupported_step, LmStep, Prefill};
 
 /// False when `BUNMIND_FAST_STEP=0` is set: every step then goes through candle's autograd.
 pub fn enabled() -> bool {

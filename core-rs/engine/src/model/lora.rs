@@ -238,6 +238,11 @@ impl Model {
         self.linears().iter().any(|l| l.lora.is_some())
     }
 
+    /// The largest dropout probability of the attached adapters' inputs (0 without adapters).
+    pub fn lora_dropout(&self) -> f64 {
+        self.linears().iter().filter_map(|l| l.lora.as_ref()).map(|lo| lo.dropout).fold(0.0, f64::max)
+    }
+
     /// Folds every attached adapter into its base weight (`W += scale · B·A`) and detaches it.
     pub fn merge_lora(&mut self) -> Result<()> {
         let varmap = self.varmap.clone();
