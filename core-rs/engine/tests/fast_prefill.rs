@@ -8,20 +8,11 @@ use bunmind_engine::model::{LoraAdapters, LoraConfig, Model, ModelConfig};
 use candle_core::{Device, Tensor, D};
 
 mod common;
-use common::random_batch;
+use common::{random_batch, small_config};
 
 fn cfg(hidden: usize, heads: usize, kv: usize, tied: bool, interleaved: bool, qk_norm: bool) -> ModelConfig {
-    let mut c = ModelConfig::preset("tiny").unwrap();
-    c.hidden_size = hidden;
-    c.num_attention_heads = heads;
-    c.num_key_value_heads = Some(kv);
-    c.intermediate_size = hidden * 3 / 2;
+    let mut c = small_config(hidden, heads, kv, tied, interleaved);
     c.vocab_size = 71;
-    c.num_hidden_layers = 2;
-    c.max_position_embeddings = 256;
-    c.tie_word_embeddings = tied;
-    c.rope_interleaved = interleaved;
-    c.rope_theta = 1000.0;
     c.qk_norm = Some(qk_norm);
     c
 }

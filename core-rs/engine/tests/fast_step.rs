@@ -9,21 +9,21 @@ use bunmind_engine::trainer::{Batch, Trainer, TrainerConfig};
 use candle_core::{Device, Tensor};
 
 mod common;
-use common::random_batch as batch;
+use common::{random_batch as batch, small_config as cfg};
 
-fn cfg(hidden: usize, heads: usize, kv: usize, tied: bool, interleaved: bool) -> ModelConfig {
-    let mut c = ModelConfig::preset("tiny").unwrap();
-    c.hidden_size = hidden;
-    c.num_attention_heads = heads;
-    c.num_key_value_heads = Some(kv);
-    c.intermediate_size = hidden * 3 / 2;
-    c.vocab_size = 53;
-    c.num_hidden_layers = 2;
-    c.max_position_embeddings = 256;
-    c.tie_word_embeddings = tied;
-    c.rope_interleaved = interleaved;
-    c.rope_theta = 1000.0;
-    c
+
+/// (Σ CE(θ + h·eᵢ) − Σ CE(θ − h·eᵢ)) / 2h for entry `i` of `var` (whose values are `base`),
+/// from the fast step's loss; `var` is restored afterwards.
+fn central_difference(model: &Model, bt: &Batch, var: &candle_core::Var, base: &[f32], shape: &candle_core::Shape, i: usize, h: f32) -> f64 {
+    let at = |delta: f32| {
+        let mut v = base.to_vec();
+        v[i] += delta;
+        var.set(&Tensor::from_vec(v, shape.clone(), &Device::Cpu).unwrap()).unwrap();
+        fast::lm_step(model, &bt.ids, &bt.targets, &bt.mask, bt.b, bt.t).unwrap().loss_sum
+    };
+    let fd = (at(h) - at(-h)) / (2.0 * h as f64);
+    var.set(&Tensor::from_vec(base.to_vec(), shape.clone(), &Device::Cpu).unwrap()).unwrap();
+    fd
 }
 
 /// The autograd reference: Σ masked CE, its count, and d/dθ for every parameter by name.
@@ -154,14 +154,7 @@ fn lora_matches_finite_differences() {
         // The entry with the largest gradient, and two fixed ones.
         let big = (0..g.len()).max_by(|&i, &j| g[i].abs().total_cmp(&g[j].abs())).unwrap();
         for &i in &[big, 0, base.len() / 2] {
-            let at = |delta: f32| {
-                let mut v = base.clone();
-                v[i] += delta;
-                p.var.set(&Tensor::from_vec(v, shape.clone(), &Device::Cpu).unwrap()).unwrap();
-                fast::lm_step(&model, &bt.ids, &bt.targets, &bt.mask, bt.b, bt.t).unwrap().loss_sum
-            };
-            let fd = (at(h) - at(-h)) / (2.0 * h as f64);
-            p.var.set(&Tensor::from_vec(base.clone(), shape.clone(), &Device::Cpu).unwrap()).unwrap();
+            let fd = central_difference(&model, &bt, &p.var, &base, &shape, i, h);
             let an = g[i] as f64;
             if i == big {
                 assert!(an.abs() > 2e-3, "{}: largest gradient {an} is too small to check", p.name);
@@ -211,14 +204,7 @@ fn matches_finite_differences() {
         let g = step.grads.get(p.var.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
         let shape = p.var.as_tensor().shape().clone();
         for &i in &[0, base.len() / 3, base.len() - 1] {
-            let at = |delta: f32| {
-                let mut v = base.clone();
-                v[i] += delta;
-                p.var.set(&Tensor::from_vec(v, shape.clone(), &Device::Cpu).unwrap()).unwrap();
-                fast::lm_step(&model, &bt.ids, &bt.targets, &bt.mask, bt.b, bt.t).unwrap().loss_sum
-            };
-            let fd = (at(h) - at(-h)) / (2.0 * h as f64);
-            p.var.set(&Tensor::from_vec(base.clone(), shape.clone(), &Device::Cpu).unwrap()).unwrap();
+            let fd = central_difference(&model, &bt, &p.var, &base, &shape, i, h);
             let an = g[i] as f64;
             assert!((fd - an).abs() <= 2e-2 * an.abs().max(0.05), "{}[{i}]: finite difference {fd} vs analytic {an}", p.name);
             checked += 1;
