@@ -44,11 +44,8 @@ export function distEnv(env: Record<string, string | undefined> = process.env): 
   return { rank, worldSize, localRank }
 }
 
-/** Whether this rank writes logs, metrics and checkpoints (rank 0 only). */
-export const isLogger = (d: DistEnv): boolean => d.rank === 0
-
-/** The device a rank trains on: `cuda:<localRank>`. */
-export const rankDevice = (d: DistEnv): Device => `cuda:${d.localRank}`
+/** The device a rank trains on: `cuda:<localRank>` for a GPU job (`stage` = the job's device), the CPU otherwise. */
+export const rankDevice = (d: DistEnv, stage: Device): Device => (stage === "cpu" ? "cpu" : `cuda:${d.localRank}`)
 
 /** What the machine offers for `--nproc` (from the CUDA library's build and device info). */
 export interface NprocFacts {

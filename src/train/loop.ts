@@ -225,6 +225,14 @@ export const prepareStage = (o: StageOptions, worldSize: number) =>
   Effect.gen(function* () {
     const stageDir = join(o.runDir, o.stage)
     mkdirSync(stageDir, { recursive: true })
+    yield* startChecks(o, stageDir, worldSize)
+    const { data } = yield* openStageData(o, stageDir)
+    return { stageDir, skipped: data.skipped }
+  }).pipe(Effect.scoped)
+
+/** Refuses to start over an existing checkpoint (without --resume), or a step `worldSize` ranks cannot split. */
+const startChecks = (o: StageOptions, stageDir: string, worldSize: number) =>
+  Effect.gen(function* () {
     if (!o.resume && existsSync(join(stageDir, "checkpoint", "trainer_state.json"))) {
       return yield* Effect.fail(
         new StageError({ stage: o.stage, message: `${stageDir} already has a checkpoint: pass --resume to continue it, or use another --run name` }),
@@ -232,16 +240,21 @@ export const prepareStage = (o: StageOptions, worldSize: number) =>
     }
     const split = rankSplitProblem(o, worldSize)
     if (split) return yield* Effect.fail(new StageError({ stage: o.stage, message: split }))
+  })
+
+/** The stage's shards (prepared once, then reused), opened, and the train/eval split; at least one batch to train on. */
+const openStageData = (o: StageOptions, stageDir: string) =>
+  Effect.gen(function* () {
     const data = yield* stageShards(o, stageDir)
     const shards = yield* openShards(data.dir)
-    const n = splitIndices(shards.numSamples, o.evalFraction, o.seed).train.length
-    if (n < o.batchSize) {
+    const split = splitIndices(shards.numSamples, o.evalFraction, o.seed)
+    if (split.train.length < o.batchSize) {
       return yield* Effect.fail(
-        new StageError({ stage: o.stage, message: `only ${n} training samples, fewer than one batch of ${o.batchSize}: lower --batch-size or add data` }),
+        new StageError({ stage: o.stage, message: `only ${split.train.length} training samples, fewer than one batch of ${o.batchSize}: lower --batch-size or add data` }),
       )
     }
-    return { stageDir, skipped: data.skipped }
-  }).pipe(Effect.scoped)
+    return { data, shards, split }
+  })
 
 /**
  * Runs one stage to completion (or interruption); returns its summary. With `parallel.nproc > 1`
@@ -263,26 +276,11 @@ export const runStageHere = (o: StageOptions) =>
     const log = (msg: string) => {
       if (!o.quiet && lead) console.error(`[${o.stage}] ${msg}`)
     }
-    if (!o.resume && existsSync(join(ckptDir, "trainer_state.json"))) {
-      return yield* Effect.fail(
-        new StageError({ stage: o.stage, message: `${stageDir} already has a checkpoint: pass --resume to continue it, or use another --run name` }),
-      )
-    }
-    if (dist) {
-      const split = rankSplitProblem(o, dist.worldSize)
-      if (split) return yield* Effect.fail(new StageError({ stage: o.stage, message: split }))
-    }
+    yield* startChecks(o, stageDir, dist?.worldSize ?? 1)
     if (lead) writeJson(join(stageDir, "config.json"), { ...o, quiet: undefined, stopAfter: undefined, dist: undefined, parallel: undefined, ...(dist ? { world_size: dist.worldSize, dist_backend: dist.backend } : {}) })
 
-    const data = yield* stageShards(o, stageDir)
-    const shards = yield* openShards(data.dir)
-    const split = splitIndices(shards.numSamples, o.evalFraction, o.seed)
+    const { data, shards, split } = yield* openStageData(o, stageDir)
     const perStep = o.batchSize * o.accum
-    if (split.train.length < o.batchSize) {
-      return yield* Effect.fail(
-        new StageError({ stage: o.stage, message: `only ${split.train.length} training samples, fewer than one batch of ${o.batchSize}: lower --batch-size or add data` }),
-      )
-    }
     const batchesPerEpoch = Math.floor(split.train.length / o.batchSize)
     const stepsPerEpoch = Math.max(1, Math.floor(batchesPerEpoch / o.accum))
     const totalSteps = o.maxSteps ?? stepsPerEpoch * o.epochs

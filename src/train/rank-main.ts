@@ -9,8 +9,7 @@
 import { readFileSync } from "node:fs"
 import { NodeServices } from "@effect/platform-node"
 import { Cause, Effect, Exit } from "effect"
-import type { Device } from "../native/library.ts"
-import { distEnv } from "./distributed.ts"
+import { distEnv, rankDevice } from "./distributed.ts"
 import { runStage, type StageOptions } from "./loop.ts"
 import { RANK_DONE, RANK_INTERRUPTED } from "./launch.ts"
 
@@ -27,7 +26,7 @@ if (!rendezvous) {
   process.stderr.write("rank-main: BUNMIND_RENDEZVOUS is not set\n")
   process.exit(2)
 }
-const device: Device = o.device === "cpu" ? "cpu" : `cuda:${env.localRank}`
+const device = rankDevice(env, o.device)
 // Test hook: rank 0 asks for a stop before step k runs (the job then ends after step k).
 const stopAt = Number(process.env.BUNMIND_DIST_STOP_AT ?? 0)
 

@@ -1,7 +1,6 @@
 //! bunmind engine: tokenizer, model family, training, generation. Plain Rust API; the C ABI lives
 //! in the `ffi` crate and the browser build in `wasm`.
 pub mod device;
-#[cfg(not(target_arch = "wasm32"))]
 pub mod dist;
 pub mod error;
 #[cfg(not(target_arch = "wasm32"))]

@@ -180,7 +180,6 @@ pub struct Trainer {
     step: u64,
     cfg: TrainerConfig,
     /// Data-parallel collective (see [`Trainer::join`]).
-    #[cfg(not(target_arch = "wasm32"))]
     dist: Option<Box<dyn crate::dist::Collective>>,
     stop_requested: bool,
 }
@@ -232,7 +231,6 @@ impl Trainer {
             rng,
             step: 0,
             cfg,
-            #[cfg(not(target_arch = "wasm32"))]
             dist: None,
             stop_requested: false,
         })
@@ -254,7 +252,6 @@ impl Trainer {
     /// Joins a data-parallel job: from now on every `step` sums losses and gradients over the
     /// ranks of `col`. The weights (trainable ones, and a LoRA run's frozen base) are first
     /// broadcast from rank 0, so every rank starts from the same point (as DDP does).
-    #[cfg(not(target_arch = "wasm32"))]
     pub fn join(&mut self, mut col: Box<dyn crate::dist::Collective>) -> Result<()> {
         if self.dist.is_some() {
             return Err(Error::input("this trainer has already joined a data-parallel job"));
@@ -277,7 +274,6 @@ impl Trainer {
     }
 
     /// `(rank, world size, backend)` of the data-parallel job, if joined.
-    #[cfg(not(target_arch = "wasm32"))]
     pub fn dist_info(&self) -> Option<(usize, usize, &'static str)> {
         self.dist.as_ref().map(|c| (c.rank(), c.world_size(), c.backend()))
     }
@@ -315,18 +311,10 @@ impl Trainer {
         let grad_clip = self.cfg.grad_clip;
         // Summed over the ranks with the gradients: tokens and stop requests. (The reported MoE
         // aux loss stays this rank's.)
-        #[cfg_attr(target_arch = "wasm32", allow(unused_mut))]
         let mut extra = [total_tokens, if self.stop_requested { 1.0 } else { 0.0 }];
-        #[cfg(not(target_arch = "wasm32"))]
         let Trainer { model, reference, teacher, opt, rng, dist, .. } = self;
-        #[cfg(target_arch = "wasm32")]
-        let Trainer { model, reference, teacher, opt, rng, .. } = self;
-        #[cfg(not(target_arch = "wasm32"))]
         let world_size = dist.as_ref().map_or(1, |c| c.world_size());
-        #[cfg(not(target_arch = "wasm32"))]
         let sync = dist.as_deref_mut().map(|collective| train::StepSync { collective, extra: &mut extra });
-        #[cfg(target_arch = "wasm32")]
-        let (sync, world_size): (Option<train::StepSync>, usize) = (None, 1);
         let report = train::train_step_synced(opt, micro.iter(), lr, grad_clip, sync, |batch: &Batch| {
             let (ids, targets, mask) = batch.tensors(&dev)?;
             let mut drop = RngDropout(rng);

@@ -370,6 +370,13 @@ fn attn_tasks(dm: &Dims) -> Vec<(usize, usize)> {
     (0..dm.b).flat_map(|bi| (0..dm.kvh).map(move |g| (bi, g))).collect()
 }
 
+/// Where (batch row `bi`, query head `hh` of kv head `g`) starts: in q-shaped rows [N, H·D], in
+/// k/v-shaped rows [N, KV·D], and in the probabilities [B, H, T, T].
+fn head_offsets(dm: &Dims, bi: usize, hh: usize, g: usize) -> (usize, usize, usize) {
+    let (t, d) = (dm.t, dm.d);
+    (bi * t * dm.qd() + hh * d, bi * t * dm.kd() + g * d, (bi * dm.h + hh) * t * t)
+}
+
 /// Causal attention forward → (probabilities [B, H, T, T], output [N, H·D]).
 fn attn_fwd(q: &[f32], k: &[f32], v: &[f32], dm: &Dims) -> (Vec<f32>, Vec<f32>) {
     let (t, d, h, qd, kd) = (dm.t, dm.d, dm.h, dm.qd(), dm.kd());
@@ -385,11 +392,9 @@ fn attn_fwd(q: &[f32], k: &[f32], v: &[f32], dm: &Dims) -> (Vec<f32>, Vec<f32>) 
             // SAFETY: every pointer below stays inside its buffer: batch row bi, head hh (kv head
             // g); tasks write disjoint (bi, hh) slices of p and y.
             unsafe {
-                let qb = q.as_ptr().add(bi * t * qd + hh * d);
-                let kb = k.as_ptr().add(bi * t * kd + g * d);
-                let vb = v.as_ptr().add(bi * t * kd + g * d);
-                let pb = pp.0.add((bi * h + hh) * t * t);
-                let yb = yp.0.add(bi * t * qd + hh * d);
+                let (qo, ko, po) = head_offsets(dm, bi, hh, g);
+                let (qb, kb, vb) = (q.as_ptr().add(qo), k.as_ptr().add(ko), v.as_ptr().add(ko));
+                let (pb, yb) = (pp.0.add(po), yp.0.add(qo));
                 let mut r0 = 0;
                 while r0 < t {
                     let r1 = (r0 + ATTN_BLOCK).min(t);
@@ -411,7 +416,7 @@ fn attn_fwd(q: &[f32], k: &[f32], v: &[f32], dm: &Dims) -> (Vec<f32>, Vec<f32>) 
 
 /// Causal attention backward → (dq, dk, dv) for post-RoPE q and k.
 fn attn_bwd(q: &[f32], k: &[f32], v: &[f32], p: &[f32], dy: &[f32], dm: &Dims) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
-    let (t, d, h, qd, kd) = (dm.t, dm.d, dm.h, dm.qd(), dm.kd());
+    let (t, d, qd, kd) = (dm.t, dm.d, dm.qd(), dm.kd());
     let rep = dm.h / dm.kvh;
     let scale = 1.0 / (d as f32).sqrt();
     let mut dq = uninit(dm.n * qd);
@@ -426,14 +431,9 @@ fn attn_bwd(q: &[f32], k: &[f32], v: &[f32], p: &[f32], dy: &[f32], dm: &Dims) -
             // SAFETY: as in attn_fwd; this task alone writes dq rows of head hh and the dk/dv
             // columns of kv head g in batch row bi.
             unsafe {
-                let qb = q.as_ptr().add(bi * t * qd + hh * d);
-                let kb = k.as_ptr().add(bi * t * kd + g * d);
-                let vb = v.as_ptr().add(bi * t * kd + g * d);
-                let pb = p.as_ptr().add((bi * h + hh) * t * t);
-                let dyb = dy.as_ptr().add(bi * t * qd + hh * d);
-                let dqb = dqp.0.add(bi * t * qd + hh * d);
-                let dkb = dkp.0.add(bi * t * kd + g * d);
-                let dvb = dvp.0.add(bi * t * kd + g * d);
+                let (qo, ko, po) = head_offsets(dm, bi, hh, g);
+                let (qb, kb, vb, pb, dyb) = (q.as_ptr().add(qo), k.as_ptr().add(ko), v.as_ptr().add(ko), p.as_ptr().add(po), dy.as_ptr().add(qo));
+                let (dqb, dkb, dvb) = (dqp.0.add(qo), dkp.0.add(ko), dvp.0.add(ko));
                 let mut r0 = 0;
                 while r0 < t {
                     let r1 = (r0 + ATTN_BLOCK).min(t);

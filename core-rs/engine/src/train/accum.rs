@@ -65,7 +65,6 @@ impl GradAccumulator {
     /// Replaces the sums with their sums over all ranks of `col`. `global_presence` is
     /// [`presence`](Self::presence) summed over the ranks: a var that some rank has a gradient for
     /// takes part on every rank (with zeros where absent); one no rank has stays absent.
-    #[cfg(not(target_arch = "wasm32"))]
     pub fn all_reduce(&mut self, col: &mut dyn crate::dist::Collective, global_presence: &[f64]) -> Result<()> {
         let idx: Vec<usize> = (0..self.vars.len()).filter(|&i| global_presence.get(i).copied().unwrap_or(0.0) > 0.0).collect();
         let local = idx

@@ -84,15 +84,9 @@ where
 }
 
 /// Data-parallel part of a step: the collective, and caller values to sum over the ranks too.
-#[cfg(not(target_arch = "wasm32"))]
 pub struct StepSync<'a> {
     pub collective: &'a mut dyn crate::dist::Collective,
     /// Summed over all ranks in place (e.g. token counts, stop requests).
-    pub extra: &'a mut [f64],
-}
-
-#[cfg(target_arch = "wasm32")]
-pub struct StepSync<'a> {
     pub extra: &'a mut [f64],
 }
 
@@ -123,9 +117,7 @@ where
             None => accum.add(&loss.backward()?)?,
         }
     }
-    #[cfg_attr(target_arch = "wasm32", allow(unused_mut))]
     let mut micro_batches = accum.micro_steps();
-    #[cfg(not(target_arch = "wasm32"))]
     if let Some(StepSync { collective, extra }) = sync {
         // One small all-reduce for the control values, then one for the gradients.
         let presence = accum.presence();
@@ -138,8 +130,6 @@ where
         extra.copy_from_slice(&ctl[3 + n..]);
         accum.all_reduce(collective, &ctl[3..3 + n])?;
     }
-    #[cfg(target_arch = "wasm32")]
-    let _ = sync;
     if micro_batches == 0 || weight <= 0.0 {
         return Err(crate::Error::input("train_step: no micro-batch, or total weight is 0 (nothing to learn from)"));
     }
