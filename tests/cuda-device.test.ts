@@ -194,8 +194,19 @@ describe("--nproc (data-parallel training)", () => {
     // A share that batch 4 does not divide: the largest micro-batch that does (6 rows → 3 + 3).
     expect(rankMicroBatches([...step, 5, 6, 10, 11], 4, 0, 2)).toEqual([[9, 3, 7], [1, 0, 4]])
     expect(rankMicroBatches(step, 4, 0, 1)).toEqual([[9, 3, 7, 1], [0, 4, 8, 2]])
-    expect(() => rankMicroBatches(step, 4, 0, 3)).toThrow(/does not split evenly over 3 ranks/)
+    // A short step (an epoch's last batch) that 3 ranks cannot split evenly: shares of 2, 3, 3
+    // rows (first ranks one fewer), together the step in order; 9 rows over 4 ranks with batch 2.
+    const three = [0, 1, 2].map((r) => rankMicroBatches(step, 4, r, 3))
+    expect(three).toEqual([[[9, 3]], [[7, 1, 0]], [[4, 8, 2]]])
+    expect(three.flat(2)).toEqual(step)
+    const four = [0, 1, 2, 3].map((r) => rankMicroBatches([...step, 6], 2, r, 4))
+    expect(four.map((s) => s.map((m) => m.length))).toEqual([[2], [2], [2], [1, 2]])
+    expect(four.flat(2)).toEqual([...step, 6])
+    // Fewer rows than ranks: some ranks get none.
+    expect([0, 1, 2].map((r) => rankMicroBatches([5], 4, r, 3))).toEqual([[], [], [[5]]])
     expect(rankSplitProblem({ batchSize: 4, accum: 1 }, 2)).toBeNull()
+    expect(rankSplitProblem({ batchSize: 4, accum: 2, accumMean: "micro" }, 2)).toMatch(/--accum-mean micro/)
+    expect(rankSplitProblem({ batchSize: 4, accum: 2, accumMean: "micro" }, 1)).toBeNull()
     expect(rankSplitProblem({ batchSize: 3, accum: 1 }, 2)).toMatch(/--nproc 2 must divide .*--batch-size 3 × --accum 1 = 3.*--accum 2/)
   })
 

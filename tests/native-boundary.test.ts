@@ -18,7 +18,7 @@ const tokPath = `${shared}/minimind/tokenizer.json`
 describe("native boundary", () => {
   test("ABI version and build info", () => {
     const info = lib.buildInfo()
-    expect(info.abi).toBe(1)
+    expect(info.abi).toBe(2)
     expect(typeof info.version).toBe("string")
   })
 

@@ -50,7 +50,13 @@ const commonFlags = {
   lr: opt(Flag.Finite("lr"), "peak learning rate (cosine to lr/10)"),
   seqLen: opt(Flag.Int("seq-len"), "max sequence length in tokens"),
   warmup: Flag.Int("warmup").pipe(Flag.withDefault(0), Flag.withDescription("linear warmup steps")),
-  weightDecay: opt(Flag.Finite("weight-decay"), "AdamW weight decay (not on norms)"),
+  weightDecay: opt(Flag.Finite("weight-decay"), "AdamW weight decay (not on norms unless --decay-norms)"),
+  decayNorms: Flag.Boolean("decay-norms").pipe(Flag.withDefault(false), Flag.withDescription("weight decay on norm gains too (upstream decays every parameter)")),
+  accumMean: Flag.Literals("accum-mean", ["token", "micro"] as const).pipe(
+    Flag.withDefault("token" as const),
+    Flag.withDescription("loss of a step with --accum > 1: one token mean over the step, or the mean of micro-batch means (upstream)"),
+  ),
+  dropLast: Flag.Boolean("drop-last").pipe(Flag.withDefault(false), Flag.withDescription("leave out each epoch's last, short batch (upstream trains on it)")),
   gradClip: opt(Flag.Finite("grad-clip"), "global gradient-norm clip (0 = off)"),
   seed: Flag.Int("seed").pipe(Flag.withDefault(42)),
   evalEvery: Flag.Int("eval-every").pipe(Flag.withDefault(50), Flag.withDescription("held-out loss every N steps")),
@@ -133,6 +139,9 @@ export const stageOptions = (stage: StageName, a: Common, extra: Partial<StageOp
       minLrRatio: d.minLrRatio,
       warmupSteps: a.warmup,
       weightDecay: get(a.weightDecay, d.weightDecay),
+      decayNorms: a.decayNorms,
+      accumMean: a.accumMean,
+      dropLast: a.dropLast,
       gradClip: clip > 0 ? clip : null,
       seed: a.seed,
       evalEvery: a.evalEvery,
@@ -184,7 +193,10 @@ const loraCmd = Command.make(
     rank: Flag.Int("rank").pipe(Flag.withDefault(16)),
     loraAlpha: opt(Flag.Finite("lora-alpha"), "scale numerator (default: = rank, MiniMind's unscaled adapters)"),
     loraDropout: Flag.Finite("lora-dropout").pipe(Flag.withDefault(0)),
-    targets: Flag.String("targets").pipe(Flag.withDefault("q_proj,o_proj"), Flag.withDescription("comma-separated: q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj")),
+    targets: Flag.String("targets").pipe(
+      Flag.withDefault(STAGE_DEFAULTS.lora.lora!.target_modules.join(",")),
+      Flag.withDescription("comma-separated: q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj, or square (every projection with as many inputs as outputs: upstream's rule)"),
+    ),
   },
   (a) =>
     Effect.gen(function* () {

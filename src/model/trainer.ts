@@ -34,6 +34,10 @@ export interface TrainerOptions {
   teacher?: Model
   /** Training forward precision: "bf16" autocast (f32 master weights) or "f32"; default: bf16 on CUDA, f32 on the CPU. */
   autocast?: "bf16" | "f32"
+  /** Weight decay on norm gains too (upstream decays every parameter). Default false. */
+  decayNorms?: boolean
+  /** LM loss of a step: one token mean ("token", default) or the mean of micro-batch means ("micro", upstream). */
+  accumMean?: "token" | "micro"
 }
 
 export interface StepResult {
@@ -80,22 +84,34 @@ export class Trainer {
     return this.model.native
   }
 
-  /** One optimizer step over `micro` batches of `b` rows each. */
-  step(micro: HostBatch[], b: number, lr: number): StepResult {
+  /**
+   * One optimizer step over `micro` batches of `b` rows each, or of `b[i]` rows for batch `i`
+   * (the short last batch of an epoch). Every batch has the same sequence length `t`, which must
+   * be given when `micro` may be empty (a rank without rows in a data-parallel step).
+   */
+  step(micro: HostBatch[], b: number | readonly number[], lr: number, t?: number): StepResult {
     const n = micro.length
-    const per = micro[0]!.ids.length
-    const t = per / b
+    const rows = typeof b === "number" ? Array<number>(n).fill(b) : b
+    if (rows.length !== n) throw new RangeError(`step: ${n} micro-batches but ${rows.length} row counts`)
+    const seq = t ?? (n > 0 ? micro[0]!.ids.length / rows[0]! : 0)
+    const total = rows.reduce((a, r) => a + r * seq, 0)
     const cat = <T extends Uint32Array | Float32Array>(k: keyof HostBatch, C: new (n: number) => T): T => {
       if (n === 1) return micro[0]![k] as T
-      const out = new C(per * n)
-      micro.forEach((m, i) => out.set(m[k] as unknown as ArrayLike<number>, i * per))
+      const out = new C(total)
+      let at = 0
+      micro.forEach((m, i) => {
+        if (m[k].length !== rows[i]! * seq) throw new RangeError(`step: micro-batch ${i} has ${m[k].length} ${k}, expected ${rows[i]} × ${seq}`)
+        out.set(m[k] as unknown as ArrayLike<number>, at)
+        at += m[k].length
+      })
       return out
     }
     const ids = cat("ids", Uint32Array)
     const targets = cat("targets", Uint32Array)
     const mask = cat("mask", Float32Array)
-    const s = this.native.readString("bm_trainer_step", (buf, cap, len) =>
-      this.native.sym.bm_trainer_step(this.handle, ptrOf(ids), ptrOf(targets), ptrOf(mask), n, b, t, lr, buf, cap, len),
+    const counts = Uint32Array.from(rows)
+    const s = this.native.readString("bm_trainer_step_rows", (buf, cap, len) =>
+      this.native.sym.bm_trainer_step_rows(this.handle, ptrOf(ids), ptrOf(targets), ptrOf(mask), n, ptrOf(counts), seq, lr, buf, cap, len),
     )
     return JSON.parse(s)
   }
@@ -176,6 +192,8 @@ export function openTrainerSync(model: Model, o: TrainerOptions = {}): Trainer {
       seed: o.seed ?? 42,
       lora: o.lora ?? null,
       autocast: o.autocast ?? null,
+      decay_norms: o.decayNorms ?? false,
+      accum_mean: o.accumMean ?? "token",
     }),
   )
   const box = new Uint32Array(1)

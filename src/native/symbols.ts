@@ -4,7 +4,7 @@
  */
 import { FFIType } from "bun:ffi"
 
-export const ABI_VERSION = 1
+export const ABI_VERSION = 2
 
 const { u8, u32, i32, u64, f64, usize, ptr } = FFIType
 
@@ -54,6 +54,7 @@ export const symbols = {
   bm_trainer_new: { args: [u32, ptr, usize, u32, u32, ptr], returns: i32 },
   bm_trainer_free: { args: [u32], returns: i32 },
   bm_trainer_step: { args: [u32, ptr, ptr, ptr, usize, usize, usize, f64, ptr, usize, ptr], returns: i32 },
+  bm_trainer_step_rows: { args: [u32, ptr, ptr, ptr, usize, ptr, usize, f64, ptr, usize, ptr], returns: i32 },
   bm_trainer_eval: { args: [u32, ptr, ptr, ptr, usize, usize, ptr], returns: i32 },
   bm_trainer_save_checkpoint: { args: [u32, ptr, usize, ptr, usize], returns: i32 },
   bm_trainer_load_checkpoint: { args: [u32, ptr, usize, ptr, usize, ptr], returns: i32 },

@@ -36,6 +36,12 @@ export interface PipelineStage {
   seqLen?: number
   warmup?: number
   weightDecay?: number
+  /** Weight decay on norm gains too (upstream). */
+  decayNorms?: boolean
+  /** "token" (default) or "micro" (upstream's mean of micro-batch means). */
+  accumMean?: "token" | "micro"
+  /** Leave out each epoch's short last batch. */
+  dropLast?: boolean
   gradClip?: number
   evalEvery?: number
   evalBatches?: number
@@ -93,6 +99,10 @@ export function checkConfig(raw: unknown, file = "pipeline config"): PipelineCon
       if (st[k] !== undefined && !(Number.isInteger(st[k]) && (st[k] as number) >= 0)) fail(`stages[${i}].${k}`, `expected a non-negative integer, got ${JSON.stringify(st[k])}`)
     }
     if (st.lr !== undefined && !(typeof st.lr === "number" && st.lr > 0)) fail(`stages[${i}].lr`, "expected a positive number")
+    for (const k of ["decayNorms", "dropLast"]) {
+      if (st[k] !== undefined && typeof st[k] !== "boolean") fail(`stages[${i}].${k}`, `expected true or false, got ${JSON.stringify(st[k])}`)
+    }
+    if (st.accumMean !== undefined && !["token", "micro"].includes(st.accumMean as string)) fail(`stages[${i}].accumMean`, `expected token or micro, got ${JSON.stringify(st.accumMean)}`)
   })
   return c as unknown as PipelineConfig
 }
@@ -130,8 +140,9 @@ export function stageOptionsFor(cfg: PipelineConfig, s: PipelineStage, previous:
       : { model: join(cfg.run, previous, "model") }
   const objective: StageOptions["objective"] =
     s.stage === "dpo" ? { kind: "dpo", beta: s.beta ?? 0.15 } : s.stage === "distill" ? { kind: "distill", alpha: s.alpha ?? 0.5, temperature: s.temperature ?? 1.5 } : { kind: "lm" }
+  const dl = STAGE_DEFAULTS.lora.lora!
   const lora = s.stage === "lora"
-    ? { r: s.lora?.r ?? 16, lora_alpha: s.lora?.lora_alpha ?? s.lora?.r ?? 16, lora_dropout: s.lora?.lora_dropout ?? 0, target_modules: s.lora?.target_modules ?? ["q_proj", "o_proj"] }
+    ? { r: s.lora?.r ?? dl.r, lora_alpha: s.lora?.lora_alpha ?? s.lora?.r ?? dl.lora_alpha, lora_dropout: s.lora?.lora_dropout ?? dl.lora_dropout ?? 0, target_modules: s.lora?.target_modules ?? dl.target_modules }
     : undefined
   const seed = cfg.seed ?? 42
   return {
@@ -149,6 +160,10 @@ export function stageOptionsFor(cfg: PipelineConfig, s: PipelineStage, previous:
     minLrRatio: d.minLrRatio,
     warmupSteps: s.warmup ?? 0,
     weightDecay: s.weightDecay ?? d.weightDecay,
+    // Only when set, as `precision` below: existing configs keep their stage hash.
+    ...(s.decayNorms !== undefined ? { decayNorms: s.decayNorms } : {}),
+    ...(s.accumMean !== undefined ? { accumMean: s.accumMean } : {}),
+    ...(s.dropLast !== undefined ? { dropLast: s.dropLast } : {}),
     gradClip: s.gradClip === 0 ? null : (s.gradClip ?? d.gradClip),
     seed,
     evalEvery: s.evalEvery ?? 50,

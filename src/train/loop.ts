@@ -47,6 +47,12 @@ export interface StageOptions {
   readonly minLrRatio: number
   readonly warmupSteps: number
   readonly weightDecay: number
+  /** Weight decay on norm gains too, as upstream (default false: matrices and embeddings only). */
+  readonly decayNorms?: boolean
+  /** LM loss of a step: one token mean (default) or the mean of micro-batch means (upstream). */
+  readonly accumMean?: "token" | "micro"
+  /** Leave out each epoch's last, short batch (default false: trained on, as upstream). */
+  readonly dropLast?: boolean
   readonly gradClip: number | null
   readonly seed: number
   readonly evalEvery: number
@@ -96,20 +102,29 @@ export interface RankOptions {
  * process); each of `worldSize` ranks takes a contiguous share and splits it into micro-batches of
  * at most `batchSize` rows. The loss is a token mean over the whole step and the gradients are
  * summed over the ranks, so the update does not depend on the split: a run can resume with a
- * different number of GPUs.
+ * different number of GPUs. A short step (the end of an epoch) that does not split evenly gives
+ * the first ranks one row more; a rank may then get no rows at all.
  */
 export function rankMicroBatches(stepIndices: ArrayLike<number>, batchSize: number, rank: number, worldSize: number): number[][] {
   const total = stepIndices.length
-  if (total % worldSize !== 0) throw new RangeError(`a step of ${total} sequences does not split evenly over ${worldSize} ranks`)
-  const share = total / worldSize
-  let m = Math.min(batchSize, share)
-  while (share % m !== 0) m--
-  const mine = Array.from({ length: share }, (_, i) => stepIndices[rank * share + i]!)
-  return Array.from({ length: share / m }, (_, k) => mine.slice(k * m, (k + 1) * m))
+  const from = Math.floor((rank * total) / worldSize)
+  const share = Math.floor(((rank + 1) * total) / worldSize) - from
+  const mine = Array.from({ length: share }, (_, i) => stepIndices[from + i]!)
+  if (share === 0) return []
+  if (total % worldSize === 0) {
+    // Even split: equal micro-batches (fixed shapes on every rank).
+    let m = Math.min(batchSize, share)
+    while (share % m !== 0) m--
+    return Array.from({ length: share / m }, (_, k) => mine.slice(k * m, (k + 1) * m))
+  }
+  const parts = Math.ceil(share / batchSize)
+  return Array.from({ length: parts }, (_, k) => mine.slice(Math.floor((k * share) / parts), Math.floor(((k + 1) * share) / parts)))
 }
 
 /** Why `worldSize` ranks cannot split this stage's steps, or null. */
-export function rankSplitProblem(o: Pick<StageOptions, "batchSize" | "accum">, worldSize: number): string | null {
+export function rankSplitProblem(o: Pick<StageOptions, "batchSize" | "accum" | "accumMean">, worldSize: number): string | null {
+  if (worldSize > 1 && o.accumMean === "micro")
+    return `--accum-mean micro averages per-micro-batch means, which depend on how ranks split a step: use the default token mean with --nproc ${worldSize}`
   const total = o.batchSize * o.accum
   return total % worldSize === 0
     ? null
@@ -281,9 +296,16 @@ export const runStageHere = (o: StageOptions) =>
 
     const { data, shards, split } = yield* openStageData(o, stageDir)
     const perStep = o.batchSize * o.accum
-    const batchesPerEpoch = Math.floor(split.train.length / o.batchSize)
-    const stepsPerEpoch = Math.max(1, Math.floor(batchesPerEpoch / o.accum))
+    const dropLast = o.dropLast ?? false
+    // As upstream: an epoch is every train sample (the short last batch included unless
+    // --drop-last), and a step never spans two epochs (the last step of an epoch may be short).
+    const batchesPerEpoch = dropLast ? Math.floor(split.train.length / o.batchSize) : Math.ceil(split.train.length / o.batchSize)
+    const stepsPerEpoch = Math.ceil(batchesPerEpoch / o.accum)
     const totalSteps = o.maxSteps ?? stepsPerEpoch * o.epochs
+    // The LR schedule's clock (schedule.ts): micro-batches of the whole run, as upstream's
+    // get_lr; with --steps N, the N optimizer steps.
+    const lrTotal = o.maxSteps !== undefined ? totalSteps : batchesPerEpoch * o.epochs
+    const lrWarmup = o.maxSteps !== undefined ? o.warmupSteps : o.warmupSteps * o.accum
 
     // Model, frozen reference / teacher, trainer: all scoped.
     const model: Model = "preset" in o.init
@@ -301,6 +323,8 @@ export const runStageHere = (o: StageOptions) =>
     const trainer: Trainer = yield* openTrainer(model, {
       objective: o.objective,
       weightDecay: o.weightDecay,
+      decayNorms: o.decayNorms ?? false,
+      accumMean: o.accumMean ?? "token",
       gradClip: o.gradClip,
       seed: o.seed,
       lora: o.lora ?? null,
@@ -310,7 +334,7 @@ export const runStageHere = (o: StageOptions) =>
     })
 
     // Resume.
-    let sampler = new BatchSampler({ numSamples: split.train.length, batchSize: o.batchSize, seed: o.seed })
+    let sampler = new BatchSampler({ numSamples: split.train.length, batchSize: o.batchSize, seed: o.seed, dropLast })
     let step = 0
     let tokens = 0
     let elapsedBefore = 0
@@ -324,6 +348,11 @@ export const runStageHere = (o: StageOptions) =>
         elapsed_s: number
       }
       sampler = BatchSampler.fromState(extra.sampler, split.train.length)
+      if (sampler.dropLast !== dropLast) {
+        return yield* Effect.fail(
+          new StageError({ stage: o.stage, message: `the checkpoint in ${ckptDir} was written ${sampler.dropLast ? "with" : "without"} --drop-last: resume with the same setting` }),
+        )
+      }
       step = extra.step
       tokens = extra.tokens
       elapsedBefore = extra.elapsed_s
@@ -447,14 +476,17 @@ export const runStageHere = (o: StageOptions) =>
 
     while (step < totalSteps) {
       const groups: number[][] = []
-      for (let k = 0; k < o.accum; k++) groups.push(Array.from(sampler.next().indices, (i) => split.train[i]!))
+      // Up to `accum` batches, not past the end of the epoch.
+      const inEpoch = sampler.position >= sampler.batchesPerEpoch ? sampler.batchesPerEpoch : sampler.batchesPerEpoch - sampler.position
+      for (let k = 0; k < Math.min(o.accum, inEpoch); k++) groups.push(Array.from(sampler.next().indices, (i) => split.train[i]!))
       // A rank trains on its share of the step's rows (the sampler, hence resume, is the same on every rank).
       const rows = dist ? rankMicroBatches(groups.flat(), o.batchSize, dist.rank, dist.worldSize) : groups
       const micro: Batch[] = rows.map((r) => hostBatch(shards, o.stage, r, o.seqLen))
-      const lr = cosineLr(step, totalSteps, o.lr, o.warmupSteps, o.minLrRatio)
+      const lrClock = o.maxSteps !== undefined ? step + 1 : sampler.epoch * sampler.batchesPerEpoch + sampler.position
+      const lr = cosineLr(lrClock, lrTotal, o.lr, lrWarmup, o.minLrRatio)
       if (dist?.stopRequested?.(step)) trainer.requestStop()
       last = yield* Effect.try({
-        try: () => trainer.step(micro, micro[0]!.batchSize, lr),
+        try: () => trainer.step(micro, micro.map((m) => m.batchSize), lr, o.seqLen),
         catch: (e) => new StageError({ stage: o.stage, message: `step ${step + 1}: ${(e as Error).message}` }),
       })
       step++

@@ -1,12 +1,20 @@
 /**
- * MiniMind's learning-rate schedule: cosine from `lr` down to `minRatio·lr` over the run
- * (upstream `get_lr`: lr·(0.1 + 0.45·(1 + cos(π·step/total)))), with optional linear warmup
- * (the seed v1's) after which the cosine runs over the remaining steps.
+ * The learning-rate schedule of every stage: MiniMind's cosine from `lr` down to `minRatio·lr`.
+ *
+ * Upstream (`trainer/trainer_utils.py::get_lr`) is `lr·(0.1 + 0.45·(1 + cos(π·k/K)))`, called
+ * before every micro-batch `k = 1..K` (K = epochs × micro-batches per epoch, the short last batch
+ * of an epoch included), so the first update already uses a little less than `lr` and the last
+ * one exactly `lr/10`. An optimizer step uses the rate set for its last micro-batch. bunmind sets
+ * the rate once per optimizer step from the same `k` (the micro-batches done at the end of the
+ * step) and the same `K`: the rates of the updates are upstream's, whatever `--accum` is.
+ *
+ * `warmup` (the seed v1's, upstream has none) ramps linearly, `lr·k/warmup` for `k ≤ warmup`,
+ * then the cosine runs over the remaining `K − warmup`.
  */
-export function cosineLr(step: number, total: number, lr: number, warmup = 0, minRatio = 0.1): number {
+export function cosineLr(k: number, total: number, lr: number, warmup = 0, minRatio = 0.1): number {
   if (total <= 0) return lr
-  if (warmup > 0 && step < warmup) return (lr * (step + 1)) / warmup
+  if (warmup > 0 && k <= warmup) return (lr * k) / warmup
   const span = Math.max(1, total - warmup)
-  const p = Math.min(1, Math.max(0, (step - warmup) / span))
+  const p = Math.min(1, Math.max(0, (k - warmup) / span))
   return lr * (minRatio + ((1 - minRatio) / 2) * (1 + Math.cos(Math.PI * p)))
 }

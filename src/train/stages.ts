@@ -23,7 +23,9 @@ export const STAGE_DEFAULTS: Record<StageName, StageDefaults> = {
     accum: 1,
     seqLen: 340,
     objective: { kind: "lm" },
-    lora: { r: 16, lora_alpha: 16, lora_dropout: 0, target_modules: ["q_proj", "o_proj"] },
+    // "square": every projection with as many inputs as outputs, upstream's apply_lora rule
+    // (q_proj and o_proj in MiniMind's presets), resolved by the engine.
+    lora: { r: 16, lora_alpha: 16, lora_dropout: 0, target_modules: ["square"] },
   },
   dpo: { ...common, epochs: 1, batchSize: 4, lr: 4e-8, accum: 1, seqLen: 1024, objective: { kind: "dpo", beta: 0.15 } },
   distill: { ...common, epochs: 6, batchSize: 32, lr: 5e-6, accum: 1, seqLen: 340, objective: { kind: "distill", alpha: 0.5, temperature: 1.5 } },

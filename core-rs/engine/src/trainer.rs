@@ -35,6 +35,19 @@ impl Default for Objective {
     }
 }
 
+/// How the LM loss of a step with several micro-batches is averaged.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum AccumMean {
+    /// One token mean over the whole step (Σ ce / Σ tokens): the update of one big batch,
+    /// independent of how the step is split into micro-batches or ranks.
+    #[default]
+    Token,
+    /// The mean of per-micro-batch token means (upstream MiniMind: `loss / accumulation_steps`
+    /// per micro-batch). A micro-batch with no loss token counts with loss 0.
+    Micro,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TrainerConfig {
@@ -51,6 +64,11 @@ pub struct TrainerConfig {
     /// Mixed precision of the training forward: `"bf16"` (bf16 compute from f32 master weights,
     /// see `Model::set_autocast`), `"f32"`, or `None` = automatic: bf16 on CUDA, f32 on the CPU.
     pub autocast: Option<String>,
+    /// Weight decay on every parameter, norm gains included (upstream MiniMind:
+    /// `optim.AdamW(model.parameters())`). Default false: matrices and embeddings only.
+    pub decay_norms: bool,
+    /// LM objective: token mean over the step (default) or mean of micro-batch means (upstream).
+    pub accum_mean: AccumMean,
 }
 
 impl Default for TrainerConfig {
@@ -66,6 +84,8 @@ impl Default for TrainerConfig {
             seed: 42,
             lora: None,
             autocast: None,
+            decay_norms: false,
+            accum_mean: AccumMean::Token,
         }
     }
 }
@@ -161,6 +181,23 @@ fn fast_micro_loss(_model: &Model, _batch: &Batch, _dev: &Device) -> Result<Micr
     unreachable!("fast_step_applies is false on wasm32")
 }
 
+/// A micro-batch's summed loss and gradients as its token mean with weight 1 ([`AccumMean::Micro`]).
+fn micro_mean(m: MicroLoss, dev: &Device) -> Result<MicroLoss> {
+    let count = m.weight;
+    if count <= 0.0 {
+        // No loss token: loss 0, no gradient, still one of the micro-batches averaged over.
+        return Ok(MicroLoss { loss: Tensor::new(0f32, dev)?, weight: 1.0, grads: Some(Default::default()) });
+    }
+    let mut grads = m.grads.expect("the fast step returns gradients");
+    let ids: Vec<_> = grads.get_ids().copied().collect();
+    for id in ids {
+        if let Some(g) = grads.get_id(id).map(|g| g / count).transpose()? {
+            grads.insert_id(id, g);
+        }
+    }
+    Ok(MicroLoss { loss: (m.loss / count)?, weight: 1.0, grads: Some(grads) })
+}
+
 /// Dropout masks from the trainer's own RNG, so they are part of the resumable state.
 struct RngDropout<'a>(&'a mut Rng);
 
@@ -187,7 +224,7 @@ pub struct Trainer {
 impl Trainer {
     /// `reference` is required for DPO (a frozen copy of the starting policy), `teacher` for
     /// distillation.
-    pub fn new(mut model: Model, cfg: TrainerConfig, reference: Option<Model>, teacher: Option<Model>) -> Result<Trainer> {
+    pub fn new(mut model: Model, mut cfg: TrainerConfig, reference: Option<Model>, teacher: Option<Model>) -> Result<Trainer> {
         match (&cfg.objective, &reference, &teacher) {
             (Objective::Dpo { .. }, None, _) => return Err(Error::config("objective", "dpo needs a frozen reference model")),
             (Objective::Distill { .. }, _, None) => return Err(Error::config("objective", "distill needs a teacher model")),
@@ -204,19 +241,21 @@ impl Trainer {
             m.set_autocast(autocast);
         }
         let opt_cfg = AdamWConfig { beta1: cfg.beta1, beta2: cfg.beta2, eps: cfg.eps, weight_decay: cfg.weight_decay };
-        let (adapters, params) = match &cfg.lora {
+        let (adapters, params) = match cfg.lora.clone() {
             Some(lc) => {
-                let adapters = LoraAdapters::new(&model, lc.clone(), cfg.seed)?;
+                let adapters = LoraAdapters::new(&model, lc, cfg.seed)?;
+                // `square` resolved to the projections it names, as saved with the adapters.
+                cfg.lora = Some(adapters.config.clone());
                 model.attach_lora(&adapters)?;
                 let params = adapters
                     .named_parameters()
                     .into_iter()
-                    .map(|p| Param::with_decay(p.name, p.var, p.weight_decay))
+                    .map(|p| Param::with_decay(p.name, p.var, p.weight_decay || cfg.decay_norms))
                     .collect();
                 (Some(adapters), params)
             }
             None => {
-                let params = model.named_parameters().into_iter().map(|p| Param::with_decay(p.name, p.var, p.weight_decay)).collect();
+                let params = model.named_parameters().into_iter().map(|p| Param::with_decay(p.name, p.var, p.weight_decay || cfg.decay_norms)).collect();
                 (None, params)
             }
         };
@@ -294,7 +333,8 @@ impl Trainer {
 
     /// One optimizer step over `micro` batches at learning rate `lr`.
     pub fn step(&mut self, micro: &[Batch], lr: f64) -> Result<StepResult> {
-        if micro.is_empty() {
+        // A rank of a data-parallel job may hold no rows of a short last step (the others do).
+        if micro.is_empty() && self.dist.is_none() {
             return Err(Error::input("step: no micro-batches"));
         }
         let dev = self.model.device().clone();
@@ -303,6 +343,7 @@ impl Trainer {
         let mut dpo_metrics: Option<train::DpoMetrics> = None;
         let mut kl_ce: Option<(f64, f64)> = None;
         let objective = self.cfg.objective.clone();
+        let accum_mean = self.cfg.accum_mean;
         // Masks are drawn when the model or its adapters' inputs have dropout.
         let dropout_p = self.model.config().dropout.max(self.model.lora_dropout());
         let n_micro = micro.len() as f64;
@@ -320,15 +361,30 @@ impl Trainer {
             let mut drop = RngDropout(rng);
             let src: Option<&mut dyn DropoutSource> = if dropout_p > 0.0 { Some(&mut drop) } else { None };
             match &objective {
-                Objective::Lm if use_fast => fast_micro_loss(model, batch, &dev),
+                Objective::Lm if use_fast => {
+                    let m = fast_micro_loss(model, batch, &dev)?;
+                    match accum_mean {
+                        AccumMean::Token => Ok(m),
+                        AccumMean::Micro => micro_mean(m, &dev),
+                    }
+                }
                 Objective::Lm => {
                     let (logits, aux) = model.forward_train_with(&ids, src)?;
                     let ce = masked_cross_entropy_sum(&logits, &targets, &mask)?;
-                    // Token-mean over the whole step: Σ ce / Σ tokens; the aux loss (already
-                    // scaled by its coefficient) is weighted so that it averages over micro-batches.
-                    let aux_w = (aux.clone() * (total_tokens / n_micro))?;
                     aux_total += aux.to_dtype(DType::F64)?.to_scalar::<f64>()? / n_micro;
-                    Ok(MicroLoss::new((ce.sum + aux_w)?, ce.count as f64))
+                    match accum_mean {
+                        // Token-mean over the whole step: Σ ce / Σ tokens; the aux loss (already
+                        // scaled by its coefficient) is weighted so that it averages over micro-batches.
+                        AccumMean::Token => {
+                            let aux_w = (aux * (total_tokens / n_micro))?;
+                            Ok(MicroLoss::new((ce.sum + aux_w)?, ce.count as f64))
+                        }
+                        // Upstream: (ce_mean + aux) per micro-batch, averaged over the micro-batches.
+                        AccumMean::Micro => {
+                            let mean = if ce.count > 0 { (ce.sum / ce.count as f64)? } else { (ce.sum * 0.0)? };
+                            Ok(MicroLoss::new((mean + aux)?, 1.0))
+                        }
+                    }
                 }
                 Objective::Dpo { beta } => {
                     if batch.b % 2 != 0 {

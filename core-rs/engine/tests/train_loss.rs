@@ -277,3 +277,81 @@ fn distill_loss_matches_reference_and_gradchecks() {
     let same = distill_loss(&logits, &logits, &targets, &mask, 0.0, 1.5).unwrap();
     assert!(scalar(&same.kl).abs() < 1e-6);
 }
+
+/// The gradient of every loss at a tie (z = 0, equal logits: where a relu, |·| or max would be
+/// differentiated at its kink) against the exact value and central differences.
+#[test]
+fn dpo_gradient_is_exact_at_zero_margin() {
+    let dev = Device::Cpu;
+    // reference = policy, as at step 1 of a DPO run from the reference: z = 0 for every pair
+    let pc = [-12.0f32, -30.5, -8.25];
+    let pr = [-14.0f32, -29.0, -9.0];
+    let (vc, vr) = (Var::new(&pc[..], &dev).unwrap(), Var::new(&pr[..], &dev).unwrap());
+    let (rc, rr) = (Tensor::new(&pc[..], &dev).unwrap(), Tensor::new(&pr[..], &dev).unwrap());
+    for beta in [0.1, 0.15, 1.0] {
+        let (loss, _) = dpo_loss(vc.as_tensor(), vr.as_tensor(), &rc, &rr, beta).unwrap();
+        assert!((scalar(&loss) - std::f64::consts::LN_2).abs() < 1e-6);
+        let g = loss.backward().unwrap();
+        // d/dπc mean_b −log σ(β z_b) = −β σ(−0)/n = −β/(2n); d/dπr = +β/(2n)
+        let n = pc.len() as f64;
+        for (var, sign) in [(&vc, -1.0), (&vr, 1.0)] {
+            let got: Vec<f32> = g.get(var.as_tensor()).unwrap().to_vec1().unwrap();
+            for x in got {
+                let want = sign * beta / (2.0 * n);
+                assert!((x as f64 - want).abs() <= 1e-7 * want.abs().max(1.0), "β {beta}: {x} vs {want}");
+            }
+        }
+    }
+    let report = check_gradients(
+        &[("pi_chosen".into(), vc.clone()), ("pi_rejected".into(), vr.clone())],
+        || Ok(dpo_loss(vc.as_tensor(), vr.as_tensor(), &rc, &rr, 0.15)?.0),
+        &GradCheckConfig::default(),
+    )
+    .unwrap();
+    report.into_result().unwrap();
+}
+
+#[test]
+fn neg_log_sigmoid_gradient_everywhere_including_zero() {
+    let dev = Device::Cpu;
+    let zs = [-50.0f32, -3.0, -1e-3, 0.0, 1e-3, 3.0, 50.0];
+    let z = Var::new(&zs[..], &dev).unwrap();
+    let y = bunmind_engine::train::loss::neg_log_sigmoid(z.as_tensor()).unwrap();
+    let vals: Vec<f32> = y.to_vec1().unwrap();
+    let g: Vec<f32> = y.sum_all().unwrap().backward().unwrap().get(z.as_tensor()).unwrap().to_vec1().unwrap();
+    for ((&zi, &v), &gi) in zs.iter().zip(&vals).zip(&g) {
+        let zi = zi as f64;
+        let want = (1.0 + (-zi).exp()).ln(); // −log σ(z)
+        let want_g = 1.0 / (1.0 + (-zi).exp()) - 1.0; // σ(z) − 1
+        assert!((v as f64 - want).abs() <= 1e-6 * want.max(1.0), "z {zi}: {v} vs {want}");
+        assert!((gi as f64 - want_g).abs() <= 1e-6, "z {zi}: slope {gi} vs {want_g}");
+    }
+}
+
+#[test]
+fn cross_entropy_and_distill_gradients_at_tied_logits() {
+    // every logit equal: the max used for the log-sum-exp shift is a tie in every row
+    let mut s = batch(5, 1.0);
+    s.logits.iter_mut().for_each(|x| *x = 0.25);
+    let (logits, targets, mask) = tensors(&s);
+    let v = Var::from_tensor(&logits).unwrap();
+    let ce = masked_cross_entropy(v.as_tensor(), &targets, &mask).unwrap();
+    let g: Vec<f32> = ce.backward().unwrap().get(v.as_tensor()).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+    let n = s.mask.iter().filter(|&&m| m > 0.0).count() as f64;
+    for (pos, row) in g.chunks(V).enumerate() {
+        let counted = s.mask[pos] > 0.0;
+        for (k, &x) in row.iter().enumerate() {
+            let onehot = if k == s.targets[pos] as usize { 1.0 } else { 0.0 };
+            let want = if counted { (1.0 / V as f64 - onehot) / n } else { 0.0 };
+            assert!((x as f64 - want).abs() < 1e-7, "pos {pos} k {k}: {x} vs {want}");
+        }
+    }
+    let tl = Tensor::from_slice(&s.logits, (B, T, V), &Device::Cpu).unwrap();
+    for (name, f) in [
+        ("ce", Box::new(|| masked_cross_entropy(v.as_tensor(), &targets, &mask)) as Box<dyn Fn() -> bunmind_engine::Result<Tensor>>),
+        ("distill", Box::new(|| Ok(distill_loss(v.as_tensor(), &tl, &targets, &mask, 0.5, 1.5)?.loss))),
+    ] {
+        let report = check_gradients(&[("logits".into(), v.clone())], &f, &GradCheckConfig::default()).unwrap();
+        assert!(report.vars[0].passed(), "{name}: {report}");
+    }
+}

@@ -27,7 +27,7 @@ pub use trainer::*;
 
 /// Bumped on every incompatible change of an export's signature or meaning. The TS loader refuses
 /// a library whose version differs from the one it was written for.
-pub const ABI_VERSION: u32 = 1;
+pub const ABI_VERSION: u32 = 2;
 
 pub const BM_OK: i32 = 0;
 pub const BM_ERROR: i32 = 1;

@@ -92,6 +92,50 @@ pub unsafe extern "C" fn bm_trainer_step(
     })
 }
 
+/// [`bm_trainer_step`] over micro-batches of different row counts (`rows[i]` rows of `t` tokens
+/// each, laid out back to back): the short last batch of an epoch, or a rank's share of it.
+/// `n_micro` may be 0 on a rank of a data-parallel job that holds no rows of this step.
+///
+/// # Safety
+/// `rows` must hold `n_micro` values; arrays `Σ rows · t` values; see [`write_bytes`].
+#[no_mangle]
+pub unsafe extern "C" fn bm_trainer_step_rows(
+    h: u32,
+    ids: *const u32,
+    targets: *const u32,
+    mask: *const f32,
+    n_micro: usize,
+    rows: *const u32,
+    t: usize,
+    lr: f64,
+    buf: *mut u8,
+    cap: usize,
+    out_len: *mut u32,
+) -> i32 {
+    guard(|| {
+        let tr = trainer(h)?;
+        if !(lr.is_finite() && lr >= 0.0) {
+            return Err(FfiError::arg(format!("learning rate {lr} must be finite and ≥ 0")));
+        }
+        let rows: &[u32] = if n_micro == 0 { &[] } else { slice_arg(rows, n_micro, "rows")? };
+        let total: usize = rows.iter().map(|&r| r as usize * t).sum();
+        let (ids, targets, mask) = if total == 0 {
+            (&[][..], &[][..], &[][..])
+        } else {
+            (slice_arg(ids, total, "ids")?, slice_arg(targets, total, "targets")?, slice_arg(mask, total, "mask")?)
+        };
+        let mut micro = Vec::with_capacity(n_micro);
+        let mut at = 0;
+        for &b in rows {
+            let n = b as usize * t;
+            micro.push(Batch { ids: ids[at..at + n].to_vec(), targets: targets[at..at + n].to_vec(), mask: mask[at..at + n].to_vec(), b: b as usize, t });
+            at += n;
+        }
+        let r = tr.lock().unwrap_or_else(|p| p.into_inner()).step(&micro, lr)?;
+        write_bytes(serde_json::to_string(&r).map_err(|e| FfiError::arg(e.to_string()))?.as_bytes(), buf, cap, out_len)
+    })
+}
+
 /// Joins a data-parallel job (one rank of it): `config` is JSON `{"backend": "nccl"|"tcp",
 /// "rank", "world_size", "rendezvous": <file>, "timeout_s"}`. Blocks until every rank has joined
 /// (or the timeout), then broadcasts the trainable weights from rank 0. Later steps sum the

@@ -22,6 +22,9 @@ pub const ADAPTER_CONFIG_FILE: &str = "adapter_config.json";
 pub const ADAPTER_WEIGHTS_FILE: &str = "adapter_model.safetensors";
 /// Projections an adapter can target.
 pub const LORA_TARGETS: &[&str] = &["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
+/// A `target_modules` entry that stands for every square projection (in = out features):
+/// upstream MiniMind's `apply_lora` rule. Resolved to projection names when adapters are made.
+pub const LORA_SQUARE: &str = "square";
 
 fn d_peft() -> String {
     "LORA".into()
@@ -79,8 +82,11 @@ impl LoraConfig {
             return Err(Error::config("target_modules", "must name at least one module"));
         }
         for m in &self.target_modules {
-            if !LORA_TARGETS.contains(&m.as_str()) {
-                return Err(Error::config("target_modules", format!("unknown module `{m}`; choose from {}", LORA_TARGETS.join(", "))));
+            if !LORA_TARGETS.contains(&m.as_str()) && m != LORA_SQUARE {
+                return Err(Error::config(
+                    "target_modules",
+                    format!("unknown module `{m}`; choose from {} (or `{LORA_SQUARE}`: every projection with as many inputs as outputs)", LORA_TARGETS.join(", ")),
+                ));
             }
         }
         if self.bias != "none" {
@@ -106,10 +112,33 @@ fn b_name(m: &str) -> String {
     format!("{m}.lora_B.weight")
 }
 
+impl LoraConfig {
+    /// `target_modules` with `square` replaced by the projections of `model` that have as many
+    /// inputs as outputs (upstream: every `nn.Linear` with `in_features == out_features`; q_proj
+    /// and o_proj in MiniMind's presets, k/v_proj too without GQA), in [`LORA_TARGETS`] order.
+    pub fn resolved_for(&self, model: &Model) -> Result<LoraConfig> {
+        self.validate()?;
+        if !self.target_modules.iter().any(|t| t == LORA_SQUARE) {
+            return Ok(self.clone());
+        }
+        let linears = model.linears();
+        let square = |name: &str| {
+            let of: Vec<_> = linears.iter().filter(|l| l.short_name() == name).collect();
+            !of.is_empty() && of.iter().all(|l| l.in_features() == l.out_features())
+        };
+        let named: Vec<&str> = self.target_modules.iter().map(String::as_str).filter(|t| *t != LORA_SQUARE).collect();
+        let targets: Vec<String> = LORA_TARGETS.iter().filter(|t| named.contains(t) || square(t)).map(|t| t.to_string()).collect();
+        if targets.is_empty() {
+            return Err(Error::config("target_modules", "`square`: this model has no projection with as many inputs as outputs; name the modules"));
+        }
+        Ok(LoraConfig { target_modules: targets, ..self.clone() })
+    }
+}
+
 impl LoraAdapters {
     /// Fresh adapters for every targeted projection of `model`: A ~ N(0, 0.02²), B = 0.
     pub fn new(model: &Model, config: LoraConfig, seed: u64) -> Result<Self> {
-        config.validate()?;
+        let config = config.resolved_for(model)?;
         let mut rng = Rng::new(seed);
         let varmap = VarMap::new();
         let mut modules = Vec::new();

@@ -112,6 +112,19 @@ pub fn sequence_logprobs(logits: &Tensor, targets: &Tensor, mask: &Tensor) -> Re
     Ok((token_logprobs(logits, targets)? * indicator(mask)?)?.sum(D::Minus1)?)
 }
 
+/// `−log σ(z) = softplus(−z)`, elementwise, stable for any `z`, with the exact gradient
+/// `σ(z) − 1` everywhere, z = 0 included.
+///
+/// Written as `(|z| − z)/2 + log(1 + exp(−|z|))`. The usual `relu(−z) + log(1 + exp(−|z|))` has
+/// the same value, but autograd takes one-sided slopes of `relu` and `|·|` at 0 that do not
+/// cancel (candle: −1.5 instead of −0.5). Here both kinks come from the same `|z|`, whose slope
+/// `s` at 0 enters as `s/2 − s/2`: the result is −1/2 whatever `s` is.
+pub fn neg_log_sigmoid(z: &Tensor) -> Result<Tensor> {
+    let a = z.abs()?;
+    let half_relu = ((&a - z)? * 0.5)?;
+    Ok((half_relu + (a.neg()?.exp()? + 1.0)?.log()?)?)
+}
+
 /// DPO batch metrics (host values, for logging).
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
 pub struct DpoMetrics {
@@ -127,7 +140,8 @@ pub struct DpoMetrics {
 
 /// DPO loss `mean_b −log σ(β·((πc − πr) − (rc − rr)))`. All inputs `[B]` sequence log-probs
 /// (see [`sequence_logprobs`]); the reference ones are detached here whatever the caller passes.
-/// `−log σ(z)` is evaluated as `softplus(−z) = relu(−z) + log(1 + exp(−|z|))`, stable for any z.
+/// `−log σ(z)` is [`neg_log_sigmoid`]: stable for any z, and its gradient is exact at z = 0,
+/// where every pair sits at step 1 when the reference is the starting policy.
 pub fn dpo_loss(
     pi_chosen: &Tensor,
     pi_rejected: &Tensor,
@@ -147,8 +161,7 @@ pub fn dpo_loss(
     let (pc, pr) = (as_f32(pi_chosen)?, as_f32(pi_rejected)?);
     let (rc, rr) = (as_f32(ref_chosen)?.detach(), as_f32(ref_rejected)?.detach());
     let z = ((pc.sub(&pr)? - rc.sub(&rr)?)? * beta)?;
-    let softplus_neg = (z.neg()?.relu()? + (z.abs()?.neg()?.exp()? + 1.0)?.log()?)?;
-    let loss = softplus_neg.mean_all()?;
+    let loss = neg_log_sigmoid(&z)?.mean_all()?;
 
     let chosen = ((pc.detach() - &rc)? * beta)?.to_dtype(DType::F64)?.to_vec1::<f64>()?;
     let rejected = ((pr.detach() - &rr)? * beta)?.to_dtype(DType::F64)?.to_vec1::<f64>()?;

@@ -7,7 +7,7 @@
 //!                         grads  = loss.backward(); accum.add(&grads)      (accum)
 //! grads = accum.finish(1 / Σ tokens)                                       (accum)
 //! norm  = clip_grad_norm(&mut grads, &vars, 1.0)                           (clip)
-//! opt.step(&grads, schedule.lr_at(step))                                   (optim, schedule)
+//! opt.step(&grads, lr)                        (optim; the caller's schedule: src/train/schedule.ts)
 //! every N steps: save_checkpoint(dir, parts)  (weights, opt.export_state(), rng.state(), ...)
 //! ```
 //! [`train_step`] does the middle part for a closure that maps one micro-batch to a [`MicroLoss`].
@@ -20,7 +20,6 @@ pub mod gradcheck;
 pub mod loss;
 pub mod optim;
 pub mod rng;
-pub mod schedule;
 
 pub use accum::GradAccumulator;
 pub use checkpoint::{atomic_write, load_checkpoint, save_checkpoint, CheckpointParts, LoadedCheckpoint};
@@ -32,7 +31,6 @@ pub use loss::{
 };
 pub use optim::{default_decay, params_from_varmap, AdamW, AdamWConfig, Param, StepStats};
 pub use rng::{Rng, RngState};
-pub use schedule::{cosine_lr, CosineSchedule};
 
 use candle_core::Tensor;
 
@@ -130,8 +128,13 @@ where
         extra.copy_from_slice(&ctl[3 + n..]);
         accum.all_reduce(collective, &ctl[3..3 + n])?;
     }
-    if micro_batches == 0 || weight <= 0.0 {
-        return Err(crate::Error::input("train_step: no micro-batch, or total weight is 0 (nothing to learn from)"));
+    if micro_batches == 0 {
+        return Err(crate::Error::input("train_step: no micro-batch (nothing to learn from)"));
+    }
+    if weight <= 0.0 {
+        // Every row of the step is without a loss token (e.g. prompts cut before the answer):
+        // nothing to learn, and no update (upstream would step on a NaN loss).
+        return Ok(StepReport { loss: 0.0, weight, grad_norm: 0.0, lr, micro_batches, applied: false, stats: StepStats::default() });
     }
     let mut grads = accum.finish(1.0 / weight)?;
     let grad_norm = match max_grad_norm {

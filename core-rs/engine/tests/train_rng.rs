@@ -1,45 +1,7 @@
-//! LR schedule against upstream's formula; RNG known answers, statistics and resume.
-use bunmind_engine::train::{cosine_lr, CosineSchedule, Rng, RngState};
+//! RNG known answers, statistics and resume. (The LR schedule lives in src/train/schedule.ts,
+//! tested against upstream's own get_lr in tests/upstream-parity.test.ts.)
+use bunmind_engine::train::{Rng, RngState};
 use candle_core::Device;
-
-/// MiniMind `trainer_utils.get_lr`, written out independently.
-fn upstream_get_lr(step: u64, total: u64, lr: f64) -> f64 {
-    lr * (0.1 + 0.45 * (1.0 + (std::f64::consts::PI * step as f64 / total as f64).cos()))
-}
-
-#[test]
-fn cosine_matches_upstream_without_warmup() {
-    let s = CosineSchedule::new(5e-4, 1000);
-    for step in 0..=1000 {
-        let (got, want) = (s.lr_at(step), upstream_get_lr(step, 1000, 5e-4));
-        assert!((got - want).abs() < 1e-15, "step {step}: {got} vs {want}");
-    }
-    assert_eq!(s.lr_at(0), 5e-4);
-    assert!((s.lr_at(1000) - 5e-5).abs() < 1e-18);
-    assert!((s.lr_at(500) - 2.75e-4).abs() < 1e-15); // midpoint = (lr + min)/2
-    assert!((s.lr_at(5000) - 5e-5).abs() < 1e-18, "held at min after total");
-}
-
-#[test]
-fn warmup_is_linear_then_cosine_over_the_remaining_steps() {
-    let s = CosineSchedule::new(1e-3, 110).with_warmup(10);
-    assert_eq!(s.lr_at(0), 0.0);
-    assert!((s.lr_at(5) - 5e-4).abs() < 1e-18);
-    assert!((s.lr_at(10) - 1e-3).abs() < 1e-18);
-    // seed v1: decay_ratio = (it − warmup)/(total − warmup)
-    assert!((s.lr_at(60) - 5.5e-4).abs() < 1e-15);
-    assert!((s.lr_at(110) - 1e-4).abs() < 1e-18);
-    let mut prev = f64::INFINITY;
-    for step in 10..=110 {
-        let lr = s.lr_at(step);
-        assert!(lr <= prev, "not monotone after warmup at {step}");
-        prev = lr;
-    }
-    assert_eq!(cosine_lr(3, 2, 1.0, 5, 0.1), 0.6, "warmup wins while step < warmup");
-    assert_eq!(cosine_lr(7, 2, 1.0, 5, 0.1), 0.1);
-    let json = serde_json::to_string(&s).unwrap();
-    assert_eq!(serde_json::from_str::<CosineSchedule>(&json).unwrap(), s);
-}
 
 #[test]
 fn xoshiro_known_answers() {
