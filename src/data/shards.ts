@@ -311,10 +311,12 @@ export const openShards = (dir: string): Effect.Effect<ShardSet, ShardError> =>
           const n = Math.min(s.ids.length - 1, seqLen)
           const row = b * seqLen
           for (let t = 0; t < n; t++) {
-            ids[row + t] = s.ids[t]!
             targets[row + t] = s.ids[t + 1]!
             mask[row + t] = s.mask[t + 1]!
           }
+          // Inputs include the last token (it has no target), as upstream's batches do: it does not
+          // change any counted logit (attention is causal), but an MoE router sees it in its aux loss.
+          for (let t = 0; t < Math.min(s.ids.length, seqLen); t++) ids[row + t] = s.ids[t]!
         }
         return { batchSize: B, seqLen, ids, targets, mask }
       }

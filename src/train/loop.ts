@@ -175,7 +175,7 @@ const stageShards = (o: StageOptions, stageDir: string) =>
       return { dir: o.data[0]!, skipped: 0 }
     }
     const dir = join(stageDir, "data")
-    const stamp = JSON.stringify({ data: o.data.map((d) => resolve(d)), tokenizer: resolve(o.tokenizer), seqLen: o.seqLen, augment: o.augment ?? null, pack: o.pack ?? false })
+    const stamp = JSON.stringify({ data: o.data.map((d) => resolve(d)), tokenizer: resolve(o.tokenizer), seqLen: o.seqLen, tokensKept: o.seqLen, augment: o.augment ?? null, pack: o.pack ?? false })
     const stampFile = join(stageDir, "data.stamp.json")
     if (existsSync(join(dir, "index.json")) && existsSync(stampFile) && readFileSync(stampFile, "utf8") === stamp) {
       return { dir, skipped: 0 }
@@ -185,7 +185,9 @@ const stageShards = (o: StageOptions, stageDir: string) =>
       tokenizer: o.tokenizer,
       kind: kindOf(o.stage),
       outDir: dir,
-      maxLen: o.seqLen + 1,
+      // As upstream's max_seq_len: N tokens kept, N positions forwarded, N − 1 predicted (the last
+      // position has no target, but it is routed: the MoE aux loss counts it, as upstream's does).
+      maxLen: o.seqLen,
       pack: o.pack ?? false,
       onBadRecord: o.onBadRecord,
       augment: o.augment ?? { systemPromptP: 0, stripEmptyThinkP: 0 },

@@ -6,7 +6,8 @@
 //! Aux load-balancing loss (training only, Switch-style, the exact upstream formula):
 //! `aux = coef · E · Σ_e f_e · P_e`, with `P_e = mean_tokens p_e` (differentiable) and
 //! `f_e = (#(token, slot) assignments to e) / N_tokens` (constant); so `Σ_e f_e = k`.
-//! Summed over MoE layers. Experts that receive no token get no gradient entry.
+//! Summed over MoE layers. Experts that receive no token get no gradient entry here; the training
+//! step gives them a zero one (see `train::train_step_synced`), as upstream does.
 use candle_core::{DType, Tensor};
 
 use crate::ops;
@@ -66,10 +67,18 @@ impl MoeMlp {
             }
         }
         let sel = Tensor::from_vec(sel, (n, e_count), x.device())?;
-        let mut w = (&probs * &sel)?; // [N, E], zero outside the top-k
-        if self.norm_topk_prob {
-            w = w.broadcast_div(&(w.sum_keepdim(1)? + 1e-20)?)?;
-        }
+        let w = if self.norm_topk_prob && self.top_k == 1 {
+            // One expert per token, renormalised: w = p / (p + 1e-20) is exactly 1 in f32 (any
+            // p > 1e-13) and its slope 1e-20/p² is 0 to within rounding: the selection itself.
+            sel.clone()
+        } else {
+            let w = (&probs * &sel)?; // [N, E], zero outside the top-k
+            if self.norm_topk_prob {
+                w.broadcast_div(&(w.sum_keepdim(1)? + 1e-20)?)?
+            } else {
+                w
+            }
+        };
         let mut y = xf.zeros_like()?;
         for (e, expert) in self.experts.iter().enumerate() {
             if tokens_of[e].is_empty() {

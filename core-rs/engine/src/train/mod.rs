@@ -137,6 +137,14 @@ where
         return Ok(StepReport { loss: 0.0, weight, grad_norm: 0.0, lr, micro_batches, applied: false, stats: StepStats::default() });
     }
     let mut grads = accum.finish(1.0 / weight)?;
+    // A parameter the step did not reach (an MoE expert no token was routed to) takes part with a
+    // zero gradient, as in upstream MiniMind (its `0 · Σ p` term for idle experts) and PyTorch's
+    // AdamW: its moments decay, its momentum still moves it, weight decay applies.
+    for v in &vars {
+        if grads.get(v.as_tensor()).is_none() {
+            grads.insert(v.as_tensor(), v.as_tensor().zeros_like()?);
+        }
+    }
     let grad_norm = match max_grad_norm {
         Some(max) => clip_grad_norm(&mut grads, &vars, max)?,
         None => global_grad_norm(&grads, &vars)?,
