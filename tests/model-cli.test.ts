@@ -42,7 +42,7 @@ describe("model commands", () => {
     const r = cli(["model", "init", "--preset", "minimind2-small", "--out", join(out, "small")])
     expect(r.code).toBe(0)
     const info = JSON.parse(cli(["model", "info", "--model", join(out, "small")]).stdout)
-    // REFERENCE.md: minimind2-small ≈ 25.8M parameters.
+    // MiniMind's model table: minimind2-small ≈ 25.8M parameters.
     expect(Math.abs(info.num_parameters / 1e6 - 25.8)).toBeLessThan(0.2)
     expect(info.config.num_key_value_heads).toBe(2)
     expect(info.config.rope_theta).toBe(1e6)

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """PyTorch eager (CPU) baseline for bench/model.ts: minimind2-small written from
-shared/docs/REFERENCE.md (not upstream code): pre-norm decoder, RMSNorm (eps 1e-5), rotate-half RoPE
+MiniMind's published architecture (not upstream code): pre-norm decoder, RMSNorm (eps 1e-5), rotate-half RoPE
 (theta 1e6), GQA with repeat_kv, SwiGLU MLP, LM head tied to the embedding, no biases, N(0, 0.02) init.
 
 Attention: torch.nn.functional.scaled_dot_product_attention (as upstream MiniMind does when it is

@@ -1,5 +1,5 @@
 /**
- * Loss masks, MiniMind's rules (REFERENCE.md "Loss masks"; upstream `dataset/lm_dataset.py`).
+ * Loss masks, MiniMind's rules (upstream `dataset/lm_dataset.py`: `generate_labels` / `generate_loss_mask`).
  *
  * Alignment, for everything stored and returned by this package: `ids` and `mask` have the same
  * length and `mask[t] = 1` means token `ids[t]` is a prediction TARGET (predicted from position

@@ -1,5 +1,5 @@
 /**
- * MiniMind record shapes (REFERENCE.md "Data formats"), their Effect Schemas, and validation that
+ * MiniMind record shapes (the JSONL files upstream's `dataset/lm_dataset.py` reads), their Effect Schemas, and validation that
  * names file, line and field: `sft.jsonl:17: conversations[2].role: expected one of
  * system|user|assistant|tool, got "bot"`.
  *

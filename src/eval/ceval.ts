@@ -1,6 +1,6 @@
 /**
  * Multiple-choice evaluation (C-Eval, and CMMLU-style directories) with the seed's zero-shot protocol
- * (REFERENCE.md "Evaluation"): the user turn `{question}。选择 A: {A}, B: {B}, C: {C}, D: {D}` after the
+ * (MiniMind's C-Eval script): the user turn `{question}。选择 A: {A}, B: {B}, C: {C}, D: {D}` after the
  * system turn "开始回答问题", rendered with the tokenizer's chat template and a generation prompt; the
  * prediction is the argmax of the next-token logits of the tokens "A", "B", "C", "D" (ties → the first).
  * The reported probabilities are the softmax over those four logits.

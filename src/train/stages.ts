@@ -1,6 +1,6 @@
 /**
- * Per-stage defaults, from upstream MiniMind's training scripts (REFERENCE.md, "Training
- * defaults"): what each stage starts from, its data shape, objective and hyper-parameters.
+ * Per-stage defaults, from upstream MiniMind's training scripts (the argparse defaults of
+ * `trainer/train_*.py`): what each stage starts from, its data shape, objective and hyper-parameters.
  * The stage files (pretrain.ts, sft.ts, ...) fill these into the shared loop.
  */
 import type { StageName, StageOptions } from "./loop.ts"

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Plain-numpy reference of the MiniMind model family (written from docs/REFERENCE.md), used to
+"""Plain-numpy reference of the MiniMind model family (written from MiniMind's published model description, not its code), used to
 generate tiny random Hugging Face checkpoints and the logits the Rust engine must reproduce.
 
 Each fixture is a folder `<name>/` with `config.json`, `model.safetensors` (written by hand here:

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::model::{Cache, Model, Rng};
 use crate::{Error, Result};
 
-/// Generation options; defaults are upstream MiniMind's (REFERENCE.md).
+/// Generation options; defaults are upstream MiniMind's (`eval_llm.py` / `serve_openai_api.py`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct GenerationOptions {

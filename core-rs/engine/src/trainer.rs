@@ -391,7 +391,8 @@ impl Trainer {
                         return Err(Error::input("dpo batch: rows must be chosen rows followed by as many rejected rows"));
                     }
                     let half = batch.b / 2;
-                    let (logits, _) = model.forward_train_with(&ids, src)?;
+                    let (logits, aux) = model.forward_train_with(&ids, src)?;
+                    aux_total += aux.to_dtype(DType::F64)?.to_scalar::<f64>()? / n_micro;
                     let logits = logits.to_dtype(DType::F32)?;
                     let lp = sequence_logprobs(&logits, &targets, &mask)?;
                     let r = reference.as_ref().expect("checked in new");
@@ -399,10 +400,12 @@ impl Trainer {
                     let rlp = sequence_logprobs(&ref_logits.detach().to_dtype(DType::F32)?, &targets, &mask)?.detach();
                     let (loss, m) = dpo_loss(&lp.narrow(0, 0, half)?, &lp.narrow(0, half, half)?, &rlp.narrow(0, 0, half)?, &rlp.narrow(0, half, half)?, *beta)?;
                     dpo_metrics = Some(m);
-                    Ok(MicroLoss::new(loss, 1.0))
+                    // + the MoE aux loss, as upstream's `dpo_loss_val + outputs.aux_loss` (0 when dense).
+                    Ok(MicroLoss::new((loss + aux)?, 1.0))
                 }
                 Objective::Distill { alpha, temperature } => {
-                    let (logits, _) = model.forward_train_with(&ids, src)?;
+                    let (logits, aux) = model.forward_train_with(&ids, src)?;
+                    aux_total += aux.to_dtype(DType::F64)?.to_scalar::<f64>()? / n_micro;
                     let t = teacher.as_ref().expect("checked in new");
                     let (tl, _) = t.forward_train(&ids)?;
                     let (logits, tl) = (logits.to_dtype(DType::F32)?, tl.detach().to_dtype(DType::F32)?);
@@ -410,7 +413,8 @@ impl Trainer {
                     let kl = d.kl.to_dtype(DType::F64)?.to_scalar::<f64>()?;
                     let ce = d.ce.to_dtype(DType::F64)?.to_scalar::<f64>()?;
                     kl_ce = Some((kl, ce));
-                    Ok(MicroLoss::new(d.loss, 1.0))
+                    // An MoE student's aux loss joins the CE term, as upstream's α·(ce + aux) + (1 − α)·T²·KL.
+                    Ok(MicroLoss::new((d.loss + (aux * *alpha)?)?, 1.0))
                 }
             }
         })?;

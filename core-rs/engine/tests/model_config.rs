@@ -1,4 +1,4 @@
-//! ModelConfig: presets, parameter counts against REFERENCE.md, JSON compatibility, validation.
+//! ModelConfig: presets, parameter counts against MiniMind's published sizes, JSON compatibility, validation.
 use bunmind_engine::model::{count_parameters, param_specs, ModelConfig};
 use bunmind_engine::Error;
 

@@ -192,7 +192,7 @@ impl ModelConfig {
         }
     }
 
-    /// A named preset from REFERENCE.md's table (vocab 6400, tied embeddings).
+    /// A named preset: the model sizes MiniMind publishes (its README's model table; vocab 6400, tied embeddings).
     pub fn preset(name: &str) -> Result<Self> {
         let c = match name {
             "minimind-v1" => ModelConfig {
