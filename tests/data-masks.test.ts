@@ -105,6 +105,19 @@ describe("hand-worked SFT mask: system + tools + tool call + tool response + thi
     expect(maskedSpans(s.ids, s.mask)).toEqual([span1, span2, span3])
     expect(Array.from(s.mask)).toEqual(referenceMask(s.ids))
   })
+  test("a tools-only system turn (empty content) and an empty tool result are kept: tools preamble rendered, same three spans masked", () => {
+    const turns = record.conversations.map((t, i) => (i === 0 ? { ...t, content: "" } : i === 3 ? { ...t, content: "" } : t))
+    const b = makeSampleBuilder(tok, { config }, { kind: "sft", maxLen: 2048, augment: { systemPromptP: 1, stripEmptyThinkP: 0 } })
+    const o = sampleOf(b.build([validated("sft", { conversations: turns })])[0])
+    const s = o.samples[0]!
+    // MiniMind's template writes messages[0].content + "\n\n" before "# Tools"; tools also suppress the random system prompt
+    const expected = full.replace("<|im_start|>system\n你是助手。\n\n# Tools", "<|im_start|>system\n\n\n# Tools").replace('<tool_response>\n{"temp": 20}\n</tool_response>', "<tool_response>\n\n</tool_response>")
+    expect(expected).not.toBe(full)
+    expect(tok.decode(s.ids, false)).toBe(expected)
+    expect(maskedSpans(s.ids, s.mask)).toEqual([span1, span2, span3])
+    expect(Array.from(s.mask)).toEqual(referenceMask(s.ids))
+    expect(o.unlabeled).toBeUndefined()
+  })
   test("empty-think stripping (p = 1) removes the empty blocks from the masked spans only where empty; tools suppress the system prompt", () => {
     const b = makeSampleBuilder(tok, { config }, { kind: "sft", maxLen: 2048, augment: { systemPromptP: 1, stripEmptyThinkP: 1 } })
     const s = sampleOf(b.build([validated("sft", record)])[0]).samples[0]!

@@ -70,7 +70,7 @@ const toMessages = (turns: ReadonlyArray<ChatTurn>): { messages: ChatMessage[]; 
     if (t.role === "system" && t.tools) tools = t.tools
     return {
       role: t.role,
-      content: t.content,
+      ...(t.content !== undefined ? { content: t.content } : {}),
       ...(t.reasoning_content !== undefined ? { reasoning_content: t.reasoning_content } : {}),
       ...(t.tool_calls ? { tool_calls: t.tool_calls as ChatMessage["tool_calls"] } : {}),
       ...(t.tools ? { tools: t.tools } : {}),
@@ -120,8 +120,8 @@ export const makeSampleBuilder = (tokenizer: SampleTokenizer, chat: ChatSpec | u
       const rng = recordRng(seed, v.line)
       try {
         if (kind === "sft") {
-          const turns = addSystemPrompt((v.record as SftRecord).conversations, rng, systemP, options.augment?.systemPrompts)
-          texts.push(stripEmptyThink(renderConversation(chat!, turns), rng, stripP))
+          const conversations = addSystemPrompt((v.record as SftRecord).conversations, rng, systemP, options.augment?.systemPrompts)
+          texts.push(stripEmptyThink(renderConversation(chat!, conversations), rng, stripP))
         } else {
           const { chosen, rejected } = v.record as DpoRecord
           // one draw for the pair: chosen and rejected keep an identical prompt
@@ -130,7 +130,12 @@ export const makeSampleBuilder = (tokenizer: SampleTokenizer, chat: ChatSpec | u
           texts.push(post(renderConversation(chat!, chosen)), post(renderConversation(chat!, rejected)))
         }
       } catch (e) {
-        failed.set(r, `chat template: ${e instanceof Error ? e.message : String(e)}`)
+        // A turn without content is the likely cause (MiniMind's template needs one in a leading system turn).
+        const empty = Object.entries(v.record).flatMap(([at, ts]) =>
+          (ts as ChatTurn[]).flatMap((t, i) => (t.content === undefined ? [`${at}[${i}]`] : [])),
+        )
+        const hint = empty.length ? ` (${empty.join(", ")} ${empty.length === 1 ? "has" : "have"} no content: null or absent)` : ""
+        failed.set(r, `chat template: ${e instanceof Error ? e.message : String(e)}${hint}`)
         texts.push(...(kind === "dpo" ? ["", ""] : [""]))
       }
     })
