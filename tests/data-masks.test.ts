@@ -124,15 +124,22 @@ describe("hand-worked SFT mask: system + tools + tool call + tool response + thi
     expect(maskedSpans(s.ids, s.mask)).toEqual([span1.replace(EMPTY_THINK, ""), span2, span3.replace(EMPTY_THINK, "")])
     expect(tok.decode(s.ids, false)).toBe(full.replaceAll(EMPTY_THINK, ""))
   })
-  test("truncation inside a reply masks to the end, like upstream; a cut before any reply drops the sample", () => {
+  test("truncation inside a reply masks to the end, like upstream; a cut before any reply keeps the sample with no loss token (upstream keeps it), unless unlabeled: skip", () => {
     const whole = sampleOf(makeSampleBuilder(tok, { config }, { kind: "sft", maxLen: 2048, augment: NO_AUGMENT }).build([validated("sft", record)])[0]).samples[0]!
     const cut = whole.ids.length - 3
     const o = sampleOf(makeSampleBuilder(tok, { config }, { kind: "sft", maxLen: cut, augment: NO_AUGMENT }).build([validated("sft", record, 9)])[0])
     expect(o.truncatedFrom).toBe(whole.ids.length)
     expect(o.samples[0]!.ids.length).toBe(cut)
     expect(Array.from(o.samples[0]!.mask)).toEqual(Array.from(whole.mask.subarray(0, cut)))
-    const tiny = makeSampleBuilder(tok, { config }, { kind: "sft", maxLen: 20, augment: NO_AUGMENT }).build([validated("sft", record, 9)])[0]
-    expect(tiny).toMatchObject({ _tag: "Drop", line: 9, reason: "no assistant tokens within max_len 20" })
+    const tiny = sampleOf(makeSampleBuilder(tok, { config }, { kind: "sft", maxLen: 20, augment: NO_AUGMENT }).build([validated("sft", record, 9)])[0])
+    expect(tiny).toMatchObject({ line: 9, truncatedFrom: whole.ids.length, unlabeled: true })
+    expect(Array.from(tiny.samples[0]!.ids)).toEqual(Array.from(whole.ids.subarray(0, 20)))
+    expect(Array.from(tiny.samples[0]!.mask)).toEqual(new Array(20).fill(0))
+    expect(Array.from(tiny.samples[0]!.mask)).toEqual(referenceMask(tiny.samples[0]!.ids))
+    const dropped = makeSampleBuilder(tok, { config }, { kind: "sft", maxLen: 20, unlabeled: "skip", augment: NO_AUGMENT }).build([validated("sft", record, 9)])[0]
+    expect(dropped).toEqual({ _tag: "Drop", file: "t.jsonl", line: 9, reason: "no assistant tokens within max_len 20", bad: false, unlabeled: true })
+    // a sample with loss tokens is never marked, whatever the mode
+    expect(sampleOf(makeSampleBuilder(tok, { config }, { kind: "sft", maxLen: cut, unlabeled: "skip", augment: NO_AUGMENT }).build([validated("sft", record, 9)])[0]).unlabeled).toBeUndefined()
     const skip = makeSampleBuilder(tok, { config }, { kind: "sft", maxLen: cut, overLong: "skip", augment: NO_AUGMENT }).build([validated("sft", record, 9)])[0]
     expect(skip).toMatchObject({ _tag: "Drop", bad: false, reason: `${whole.ids.length} tokens > max_len ${cut}` })
   })

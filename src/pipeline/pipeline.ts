@@ -50,6 +50,8 @@ export interface PipelineStage {
   randomSystemPrompt?: number
   stripEmptyThink?: number
   pack?: boolean
+  /** SFT/DPO: drop samples with no assistant token within seqLen (default false: kept, as upstream). */
+  skipUnlabeled?: boolean
 }
 
 export interface PipelineConfig {
@@ -93,6 +95,7 @@ export function checkConfig(raw: unknown, file = "pipeline config"): PipelineCon
       if (st[k] !== undefined && !(Number.isInteger(st[k]) && (st[k] as number) >= 0)) fail(`stages[${i}].${k}`, `expected a non-negative integer, got ${JSON.stringify(st[k])}`)
     }
     if (st.lr !== undefined && !(typeof st.lr === "number" && st.lr > 0)) fail(`stages[${i}].lr`, "expected a positive number")
+    if (st.skipUnlabeled !== undefined && typeof st.skipUnlabeled !== "boolean") fail(`stages[${i}].skipUnlabeled`, `expected true or false, got ${JSON.stringify(st.skipUnlabeled)}`)
   })
   return c as unknown as PipelineConfig
 }
@@ -157,6 +160,8 @@ export function stageOptionsFor(cfg: PipelineConfig, s: PipelineStage, previous:
     saveEvery: s.saveEvery ?? 100,
     resume: true,
     onBadRecord: "skip",
+    // Only when set: the stage hash of existing configs stays the same.
+    ...(s.skipUnlabeled ? { skipUnlabeled: true } : {}),
     objective,
     ...(lora ? { lora } : {}),
     ...(s.teacher ? { teacher: s.teacher } : {}),
