@@ -105,21 +105,41 @@ describe("hand-worked SFT mask: system + tools + tool call + tool response + thi
     expect(maskedSpans(s.ids, s.mask)).toEqual([span1, span2, span3])
     expect(Array.from(s.mask)).toEqual(referenceMask(s.ids))
   })
+  test("a tools-only system turn (empty content) and an empty tool result are kept: tools preamble rendered, same three spans masked", () => {
+    const turns = record.conversations.map((t, i) => (i === 0 ? { ...t, content: "" } : i === 3 ? { ...t, content: "" } : t))
+    const b = makeSampleBuilder(tok, { config }, { kind: "sft", maxLen: 2048, augment: { systemPromptP: 1, stripEmptyThinkP: 0 } })
+    const o = sampleOf(b.build([validated("sft", { conversations: turns })])[0])
+    const s = o.samples[0]!
+    // MiniMind's template writes messages[0].content + "\n\n" before "# Tools"; tools also suppress the random system prompt
+    const expected = full.replace("<|im_start|>system\n你是助手。\n\n# Tools", "<|im_start|>system\n\n\n# Tools").replace('<tool_response>\n{"temp": 20}\n</tool_response>', "<tool_response>\n\n</tool_response>")
+    expect(expected).not.toBe(full)
+    expect(tok.decode(s.ids, false)).toBe(expected)
+    expect(maskedSpans(s.ids, s.mask)).toEqual([span1, span2, span3])
+    expect(Array.from(s.mask)).toEqual(referenceMask(s.ids))
+    expect(o.unlabeled).toBeUndefined()
+  })
   test("empty-think stripping (p = 1) removes the empty blocks from the masked spans only where empty; tools suppress the system prompt", () => {
     const b = makeSampleBuilder(tok, { config }, { kind: "sft", maxLen: 2048, augment: { systemPromptP: 1, stripEmptyThinkP: 1 } })
     const s = sampleOf(b.build([validated("sft", record)])[0]).samples[0]!
     expect(maskedSpans(s.ids, s.mask)).toEqual([span1.replace(EMPTY_THINK, ""), span2, span3.replace(EMPTY_THINK, "")])
     expect(tok.decode(s.ids, false)).toBe(full.replaceAll(EMPTY_THINK, ""))
   })
-  test("truncation inside a reply masks to the end, like upstream; a cut before any reply drops the sample", () => {
+  test("truncation inside a reply masks to the end, like upstream; a cut before any reply keeps the sample with no loss token (upstream keeps it), unless unlabeled: skip", () => {
     const whole = sampleOf(makeSampleBuilder(tok, { config }, { kind: "sft", maxLen: 2048, augment: NO_AUGMENT }).build([validated("sft", record)])[0]).samples[0]!
     const cut = whole.ids.length - 3
     const o = sampleOf(makeSampleBuilder(tok, { config }, { kind: "sft", maxLen: cut, augment: NO_AUGMENT }).build([validated("sft", record, 9)])[0])
     expect(o.truncatedFrom).toBe(whole.ids.length)
     expect(o.samples[0]!.ids.length).toBe(cut)
     expect(Array.from(o.samples[0]!.mask)).toEqual(Array.from(whole.mask.subarray(0, cut)))
-    const tiny = makeSampleBuilder(tok, { config }, { kind: "sft", maxLen: 20, augment: NO_AUGMENT }).build([validated("sft", record, 9)])[0]
-    expect(tiny).toMatchObject({ _tag: "Drop", line: 9, reason: "no assistant tokens within max_len 20" })
+    const tiny = sampleOf(makeSampleBuilder(tok, { config }, { kind: "sft", maxLen: 20, augment: NO_AUGMENT }).build([validated("sft", record, 9)])[0])
+    expect(tiny).toMatchObject({ line: 9, truncatedFrom: whole.ids.length, unlabeled: true })
+    expect(Array.from(tiny.samples[0]!.ids)).toEqual(Array.from(whole.ids.subarray(0, 20)))
+    expect(Array.from(tiny.samples[0]!.mask)).toEqual(new Array(20).fill(0))
+    expect(Array.from(tiny.samples[0]!.mask)).toEqual(referenceMask(tiny.samples[0]!.ids))
+    const dropped = makeSampleBuilder(tok, { config }, { kind: "sft", maxLen: 20, unlabeled: "skip", augment: NO_AUGMENT }).build([validated("sft", record, 9)])[0]
+    expect(dropped).toEqual({ _tag: "Drop", file: "t.jsonl", line: 9, reason: "no assistant tokens within max_len 20", bad: false, unlabeled: true })
+    // a sample with loss tokens is never marked, whatever the mode
+    expect(sampleOf(makeSampleBuilder(tok, { config }, { kind: "sft", maxLen: cut, unlabeled: "skip", augment: NO_AUGMENT }).build([validated("sft", record, 9)])[0]).unlabeled).toBeUndefined()
     const skip = makeSampleBuilder(tok, { config }, { kind: "sft", maxLen: cut, overLong: "skip", augment: NO_AUGMENT }).build([validated("sft", record, 9)])[0]
     expect(skip).toMatchObject({ _tag: "Drop", bad: false, reason: `${whole.ids.length} tokens > max_len ${cut}` })
   })

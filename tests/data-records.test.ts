@@ -21,19 +21,27 @@ describe("SFT records", () => {
       'sft.jsonl:17: conversations[2].role: expected one of system|user|assistant|tool, got "bot"',
     )
   })
-  test("missing fields, wrong types, empty content, no assistant turn", () => {
+  test("missing fields, wrong types, no assistant turn are refused", () => {
     expect(check("sft", {})).toBe("sft.jsonl:17: conversations: missing")
     expect(check("sft", { conversations: "hi" })).toBe('sft.jsonl:17: conversations: expected array, got "hi"')
-    expect(check("sft", { conversations: [{ role: "user" }, assistant("b")] })).toBe("sft.jsonl:17: conversations[0].content: missing")
-    expect(check("sft", { conversations: [user("  "), assistant("b")] })).toBe(
-      "sft.jsonl:17: conversations[0].content: empty content (only an assistant turn with tool_calls may be empty)",
-    )
+    expect(check("sft", { conversations: [{ role: "user", content: 4 }, assistant("b")] })).toStartWith("sft.jsonl:17: conversations[0].content: expected ")
     expect(check("sft", { conversations: [user("q")] })).toBe("sft.jsonl:17: conversations: no assistant turn: nothing to train on")
     expect(check("sft", { conversations: [] })).toBe("sft.jsonl:17: conversations: empty conversation")
     expect(check("sft", { conversations: [{ role: 3, content: 4 }, assistant("b")] })).toBe(
       "sft.jsonl:17: conversations[0].role: expected one of system|user|assistant|tool, got 3 (and 1 more problem)",
     )
     expect(check("sft", "text")).toBe('sft.jsonl:17: expected a JSON object, got "text"')
+  })
+  test("empty contents are kept on every turn, as upstream trains on them; a null or absent content stays absent", () => {
+    // upstream renders these through the chat template and trains on the record (tests/data-upstream-samples.test.ts)
+    expect(check("sft", { conversations: [user(""), assistant("b")] })).toEqual({ conversations: [user(""), assistant("b")] })
+    expect(check("sft", { conversations: [user("  \n"), assistant("")] })).toEqual({ conversations: [user("  \n"), assistant("")] })
+    expect(check("sft", { conversations: [{ role: "user" }, assistant("b"), { role: "user", content: null }, { role: "assistant", content: null }] })).toEqual({
+      conversations: [{ role: "user" }, assistant("b"), { role: "user" }, { role: "assistant" }],
+    })
+    expect(check("sft", { conversations: [{ role: "system", content: "" }, user("q"), assistant("a"), { role: "tool", content: "" }, assistant("b")] })).toEqual({
+      conversations: [{ role: "system", content: "" }, user("q"), assistant("a"), { role: "tool", content: "" }, assistant("b")],
+    })
   })
   test("tools and tool_calls: JSON strings are parsed; an empty assistant content is fine with tool_calls", () => {
     const rec = check("sft", {
@@ -58,7 +66,20 @@ describe("SFT records", () => {
       "sft.jsonl:17: conversations[0].tools: invalid JSON: ",
     )
     expect(check("sft", { conversations: [user("q"), { role: "assistant", content: "", tool_calls: '{"name":"f"}' }] })).toBe(
-      'sft.jsonl:17: conversations[1].tool_calls: expected a JSON array, got {"name":"f"} (and 1 more problem)',
+      'sft.jsonl:17: conversations[1].tool_calls: expected a JSON array, got {"name":"f"}',
+    )
+  })
+  test("a system turn that only carries tools (empty or no content) is kept with its tools", () => {
+    const tools = '[{"type":"function","function":{"name":"f"}}]'
+    const parsed = [{ type: "function", function: { name: "f" } }]
+    expect(check("sft", { conversations: [{ role: "system", content: "", tools }, user("q"), assistant("a")] })).toEqual({
+      conversations: [{ role: "system", content: "", tools: parsed }, user("q"), assistant("a")],
+    })
+    expect(check("sft", { conversations: [{ role: "system", tools, tool_calls: "" }, user("q"), assistant("a")] })).toEqual({
+      conversations: [{ role: "system", tools: parsed }, user("q"), assistant("a")],
+    })
+    expect(check("sft", { conversations: [{ role: "system", content: "", tools: "{oops" }, user("q"), assistant("a")] })).toStartWith(
+      "sft.jsonl:17: conversations[0].tools: invalid JSON: ",
     )
   })
   test("seed v1 rows (history, q, a) become conversations; bad history names the column", () => {
@@ -69,9 +90,8 @@ describe("SFT records", () => {
     expect(check("sft", { history: "[['h1'", q: "q", a: "a" }, "s.csv", 5)).toBe(
       `s.csv:5: history: not a Python list literal: expected "," or "]" at offset 6`,
     )
-    expect(check("sft", { history: "[]", q: "q", a: " " }, "s.csv", 5)).toBe(
-      "s.csv:5: a: empty content (only an assistant turn with tool_calls may be empty)",
-    )
+    expect(check("sft", { history: "[]", q: "", a: " " }, "s.csv", 5)).toEqual({ conversations: [user(""), assistant(" ")] })
+    expect(check("sft", { history: "[]", q: "q" }, "s.csv", 5)).toBe("s.csv:5: a: missing")
   })
 })
 
@@ -87,9 +107,11 @@ describe("pretrain and DPO records", () => {
     expect(check("dpo", { chosen: pair, rejected: pair })).toEqual({ chosen: pair, rejected: pair })
     expect(check("dpo", { chosen: pair, rejected: [user("q")] }, "d.jsonl", 2)).toBe("d.jsonl:2: rejected: no assistant turn: nothing to train on")
     expect(check("dpo", { chosen: pair }, "d.jsonl", 2)).toBe("d.jsonl:2: rejected: missing")
-    expect(check("dpo", { chosen: [user("q"), { role: "assistant", content: "" }], rejected: pair }, "d.jsonl", 2)).toStartWith(
-      "d.jsonl:2: chosen[1].content: empty content",
-    )
+    expect(check("dpo", { chosen: [user("q"), { role: "assistant", content: "" }], rejected: pair }, "d.jsonl", 2)).toEqual({
+      chosen: [user("q"), assistant("")],
+      rejected: pair,
+    })
+    expect(check("dpo", { chosen: pair, rejected: [] }, "d.jsonl", 2)).toBe("d.jsonl:2: rejected: empty conversation")
   })
 })
 

@@ -114,6 +114,60 @@ describe("prepareShards → openShards round trip", () => {
     expect(readdirSync(dir).filter((n) => n.includes(".tmp-"))).toEqual([])
   })
 
+  test("samples with no assistant token within max_len: kept and counted by default (as upstream), dropped with unlabeled: skip", async () => {
+    const long = "为什么天空是蓝色的？".repeat(20)
+    const ok = (q: string, a: string) => ({ conversations: [{ role: "user", content: q }, { role: "assistant", content: a }] })
+    const tools = '[{"type":"function","function":{"name":"f"}}]'
+    const input = join(dir, "unlabeled.jsonl")
+    writeFileSync(
+      input,
+      [
+        ok("q", "a"),
+        ok(long, "瑞利散射。"), // cut before the reply at max_len 32
+        { conversations: [{ role: "system", content: "", tools }, { role: "user", content: "" }, { role: "assistant", content: "b" }] }, // all kept now
+      ].map((r) => JSON.stringify(r)).join("\n"),
+    )
+    const kept = await run(prepareShards({ input, tokenizer: DATA, kind: "sft", outDir: join(dir, "unlabeled-keep"), maxLen: 32, log: false }))
+    // record 3 renders the tools preamble (> 32 tokens), so it too is cut before its reply
+    expect([kept.index.records, kept.skipped, kept.unlabeled, kept.index.unlabeled, kept.index.options.unlabeled]).toEqual([3, 0, 2, 2, "keep"])
+    expect(kept.summary).toEndWith("; 0 records skipped, 2 warnings; 2 samples without a loss token kept (as upstream; --skip-unlabeled drops them)")
+    expect(kept.warnings[0]).toMatch(new RegExp(`^${input}:2: \\d+ tokens > max_len 32, truncated \\(no assistant token left: kept without a loss token, as upstream\\)$`))
+    expect(kept.warnings[1]).toStartWith(`${input}:3: `)
+    expect(kept.warnings.length).toBe(2)
+    const set = await run(openShards(kept.outDir))
+    expect(set.numSamples).toBe(3)
+    expect(Array.from(set.sequence(1).mask)).toEqual(new Array(32).fill(0))
+    expect(tok.decode(set.sequence(2).ids, false)).toStartWith("<|im_start|>system\n\n\n# Tools")
+    const b = set.getBatch([0, 1], 31) // an all-zero row beside a labelled one
+    expect(b.mask.subarray(31).every((m) => m === 0)).toBe(true)
+    expect(b.mask.subarray(0, 31).some((m) => m === 1)).toBe(true)
+    expect(formatShardInspection(await run(inspectShards(kept.outDir)))).toContain("2 without a loss token (kept)")
+
+    const skipped = await run(prepareShards({ input, tokenizer: DATA, kind: "sft", outDir: join(dir, "unlabeled-skip"), maxLen: 32, unlabeled: "skip", log: false }))
+    expect([skipped.index.records, skipped.skipped, skipped.unlabeled, skipped.index.unlabeled, skipped.index.options.unlabeled]).toEqual([1, 2, 2, 2, "skip"])
+    expect(skipped.warnings[0]).toBe(`skipped ${input}:2: no assistant tokens within max_len 32`)
+    expect(skipped.summary).toEndWith("; 2 records skipped, 0 warnings; 2 samples without a loss token skipped (--skip-unlabeled)")
+    const roomy = await run(prepareShards({ input, tokenizer: DATA, kind: "sft", outDir: join(dir, "unlabeled-none"), maxLen: 512, log: false }))
+    expect([roomy.index.records, roomy.unlabeled]).toEqual([3, 0])
+    expect(roomy.summary).not.toContain("loss token")
+
+    // DPO: a pair whose sides both lose their reply is kept; getPairBatch serves its all-zero masks
+    const dpoIn = join(dir, "unlabeled-dpo.jsonl")
+    const pair = (q: string) => ({ chosen: ok(q, "好").conversations, rejected: ok(q, "坏").conversations })
+    writeFileSync(dpoIn, [pair("q"), pair(long)].map((r) => JSON.stringify(r)).join("\n"))
+    const dpo = await run(prepareShards({ input: dpoIn, tokenizer: DATA, kind: "dpo", outDir: join(dir, "unlabeled-dpo"), maxLen: 32, log: false }))
+    expect([dpo.index.records, dpo.unlabeled, dpo.index.sequences]).toEqual([2, 1, 4])
+    expect(dpo.summary).toEndWith("; 1 pair with a side without a loss token kept (as upstream; --skip-unlabeled drops them)")
+    const pairs = await run(openShards(dpo.outDir))
+    const { chosen, rejected } = pairs.getPairBatch([1, 0], 31)
+    for (const side of [chosen, rejected]) {
+      expect(side.mask.subarray(0, 31).every((m) => m === 0)).toBe(true)
+      expect(side.mask.subarray(31).some((m) => m === 1)).toBe(true)
+    }
+    const dpoSkip = await run(prepareShards({ input: dpoIn, tokenizer: DATA, kind: "dpo", outDir: join(dir, "unlabeled-dpo-skip"), maxLen: 32, unlabeled: "skip", log: false }))
+    expect([dpoSkip.index.records, dpoSkip.skipped, dpoSkip.unlabeled]).toEqual([1, 1, 1])
+  })
+
   test("re-preparing replaces an older shard dir; a foreign directory is never overwritten", async () => {
     const out = join(dir, "again")
     const opts = { input: join(DATA, "tiny_pretrain.jsonl"), tokenizer: DATA, kind: "pretrain" as const, outDir: out, maxLen: 64, log: false }

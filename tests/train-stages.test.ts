@@ -10,6 +10,7 @@ import { generateDemoData, writeDemoData } from "../src/demo/facts.ts"
 import { Effect } from "effect"
 import { openShards } from "../src/data/index.ts"
 import { openModelSync, type Model } from "../src/model/model.ts"
+import { checkConfig, stageOptionsFor } from "../src/pipeline/pipeline.ts"
 import { cli } from "./helpers/cli.ts"
 
 const out = join(import.meta.dir, ".out", "train-stages")
@@ -117,12 +118,63 @@ describe("training stages", () => {
     expect(skip.code).toBe(0)
     expect(skip.stderr).toContain("bad-sft.jsonl:11")
     expect(skip.stderr).toContain("bad-sft.jsonl:12")
-    expect(skip.stderr).toMatch(/3 records skipped/)
+    expect(skip.stderr).toMatch(/\b3 records skipped/)
     const fail = cli(["train", "sft", "--run-dir", join(out, "bad-fail"), "--tokenizer", join(run, "tokenizer"), "--init", join(run, "pretrain", "model"), "--data", bad, "--steps", "2", "--batch-size", "4", "--seq-len", "64", "--on-bad-record", "fail"], undefined, env)
     expect(fail.code).toBe(1)
     expect(fail.stderr).toContain("bad-sft.jsonl:11")
     // Nothing already trained is lost: the pretrained model is untouched.
     expect(existsSync(join(run, "pretrain", "model", "model.safetensors"))).toBe(true)
+  })
+
+  test("samples with no assistant token within --seq-len: kept and counted in summary.json (as upstream); --skip-unlabeled drops them", () => {
+    const file = join(out, "unlabeled-sft.jsonl")
+    const good = readFileSync(join(data, "sft.jsonl"), "utf8").trim().split("\n").slice(0, 40)
+    const long = (i: number) => JSON.stringify({ conversations: [{ role: "user", content: `question ${i}: ${"tell me everything about the city ".repeat(12)}` }, { role: "assistant", content: "ok" }] })
+    writeFileSync(file, [...good.slice(0, 5), long(1), ...good.slice(5, 20), long(2), ...good.slice(20)].join("\n") + "\n")
+    const args = (dir: string, ...more: string[]) =>
+      ["train", "sft", "--run-dir", join(out, dir), "--tokenizer", join(run, "tokenizer"), "--init", join(run, "pretrain", "model"), "--data", file, "--batch-size", "4", "--seq-len", "64", "--eval-fraction", "0", ...more]
+    const summary = (dir: string) => JSON.parse(readFileSync(join(out, dir, "sft", "summary.json"), "utf8"))
+
+    const keep = cli(args("unlabeled-keep", "--steps", "2"), undefined, env)
+    expect(keep.code).toBe(0)
+    expect(keep.stderr).toMatch(/\b0 records skipped/)
+    expect(keep.stderr).toContain("; 2 samples without a loss token kept (as upstream; --skip-unlabeled drops them)")
+    expect(keep.stderr).toContain("unlabeled-sft.jsonl:6: ")
+    expect(summary("unlabeled-keep")).toMatchObject({ status: "done", skipped_records: 0, unlabeled_samples: 2 })
+    const shards = Effect.runSync(openShards(join(out, "unlabeled-keep", "sft", "data")))
+    expect([shards.numSamples, shards.index.unlabeled]).toEqual([42, 2])
+    // resuming reuses the prepared shards: the counts still reach summary.json
+    const resumed = cli(args("unlabeled-keep", "--steps", "3", "--resume"), undefined, env)
+    expect(resumed.code).toBe(0)
+    expect(resumed.stderr).not.toContain("without a loss token")
+    expect(summary("unlabeled-keep")).toMatchObject({ status: "done", steps: 3, skipped_records: 0, unlabeled_samples: 2 })
+
+    const skip = cli(args("unlabeled-skip", "--steps", "2", "--skip-unlabeled"), undefined, env)
+    expect(skip.code).toBe(0)
+    expect(skip.stderr).toContain("unlabeled-sft.jsonl:6: no assistant tokens within max_len 65")
+    expect(skip.stderr).toMatch(/\b2 records skipped, \d+ warnings?; 2 samples without a loss token skipped \(--skip-unlabeled\)/)
+    expect(summary("unlabeled-skip")).toMatchObject({ status: "done", skipped_records: 2, unlabeled_samples: 2 })
+    expect(Effect.runSync(openShards(join(out, "unlabeled-skip", "sft", "data"))).numSamples).toBe(40)
+
+    const prep = (name: string, ...more: string[]) =>
+      cli(["data", "prepare", "--input", file, "--tokenizer", join(run, "tokenizer"), "--kind", "sft", "--out", join(out, name), "--max-len", "65", ...more])
+    const p1 = prep("prep-keep")
+    expect(p1.code).toBe(0)
+    expect(p1.stdout).toContain("42 samples")
+    expect(p1.stdout).toContain("2 samples without a loss token kept")
+    const p2 = prep("prep-skip", "--skip-unlabeled")
+    expect(p2.code).toBe(0)
+    expect(p2.stdout).toContain("40 samples")
+    expect(p2.stdout).toContain("2 samples without a loss token skipped (--skip-unlabeled)")
+  })
+
+  test("pipeline stage key skipUnlabeled: checked, passed to the stage only when set (finished stages of older configs keep their hash)", () => {
+    const base = { run: "/tmp/x", stages: [{ stage: "sft", data: ["a.jsonl"] }] }
+    expect(() => checkConfig({ ...base, stages: [{ stage: "sft", data: ["a.jsonl"], skipUnlabeled: "yes" }] })).toThrow("stages[0].skipUnlabeled: expected true or false")
+    const on = checkConfig({ ...base, stages: [{ stage: "sft", data: ["a.jsonl"], skipUnlabeled: true }] })
+    expect(stageOptionsFor(on, on.stages[0]!, "pretrain", "/tmp/tok", 500).skipUnlabeled).toBe(true)
+    const off = checkConfig(base)
+    expect("skipUnlabeled" in stageOptionsFor(off, off.stages[0]!, "pretrain", "/tmp/tok", 500)).toBe(false)
   })
 
   test("pipeline run skips finished stages and resumes", () => {

@@ -27,6 +27,10 @@ const prepare = Command.make(
     pack: Flag.Boolean("pack").pipe(Flag.withDefault(false), Flag.withDescription("pack pretraining documents into full rows")),
     onBadRecord: Flag.Literals("on-bad-record", ["skip", "fail"] as const).pipe(Flag.withDefault("skip" as const)),
     overLong: Flag.Literals("over-long", ["truncate", "skip"] as const).pipe(Flag.withDefault("truncate" as const)),
+    skipUnlabeled: Flag.Boolean("skip-unlabeled").pipe(
+      Flag.withDefault(false),
+      Flag.withDescription("SFT/DPO: drop samples with no assistant token within --max-len (upstream keeps them)"),
+    ),
     systemPromptP: Flag.Finite("random-system-prompt").pipe(Flag.withDefault(0), Flag.withDescription("SFT: share of samples given a random system prompt (upstream 0.2)")),
     stripThinkP: Flag.Finite("strip-empty-think").pipe(Flag.withDefault(0), Flag.withDescription("SFT: share of empty think blocks removed (upstream 0.8)")),
     seed: Flag.Int("seed").pipe(Flag.withDefault(42)),
@@ -42,6 +46,7 @@ const prepare = Command.make(
         pack: a.pack,
         onBadRecord: a.onBadRecord,
         overLong: a.overLong,
+        unlabeled: a.skipUnlabeled ? "skip" : "keep",
         augment: { systemPromptP: a.systemPromptP, stripEmptyThinkP: a.stripThinkP, seed: a.seed },
         log: true,
       })

@@ -65,6 +65,10 @@ const commonFlags = {
   saveEvery: Flag.Int("save-every").pipe(Flag.withDefault(100), Flag.withDescription("checkpoint every N steps (and at the end / on Ctrl-C)")),
   resume: Flag.Boolean("resume").pipe(Flag.withDefault(false), Flag.withDescription("continue from the stage's last checkpoint")),
   onBadRecord: Flag.Literals("on-bad-record", ["skip", "fail"] as const).pipe(Flag.withDefault("skip" as const)),
+  skipUnlabeled: Flag.Boolean("skip-unlabeled").pipe(
+    Flag.withDefault(false),
+    Flag.withDescription("SFT/DPO: drop samples with no assistant token within --seq-len (upstream keeps them)"),
+  ),
   pack: Flag.Boolean("pack").pipe(Flag.withDefault(false), Flag.withDescription("pretrain: pack documents into full rows")),
   systemPromptP: Flag.Finite("random-system-prompt").pipe(Flag.withDefault(0), Flag.withDescription("SFT: share given a random system prompt (upstream 0.2)")),
   stripThinkP: Flag.Finite("strip-empty-think").pipe(Flag.withDefault(0), Flag.withDescription("SFT: share of empty think blocks stripped (upstream 0.8)")),
@@ -150,6 +154,7 @@ export const stageOptions = (stage: StageName, a: Common, extra: Partial<StageOp
       saveEvery: a.saveEvery,
       resume: a.resume,
       onBadRecord: a.onBadRecord,
+      ...(a.skipUnlabeled ? { skipUnlabeled: true } : {}),
       objective: d.objective,
       pack: a.pack,
       augment: { systemPromptP: a.systemPromptP, stripEmptyThinkP: a.stripThinkP, seed: a.seed },

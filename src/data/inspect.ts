@@ -114,7 +114,9 @@ export const formatShardInspection = (r: ShardInspection): string => {
     `  kind ${i.kind}, layout ${i.layout}${i.rowLength ? ` (rows of ${i.rowLength})` : ""}, max_len ${i.maxLen}, ${i.shards.length} shard(s)`,
     `  source ${i.source.map((s) => s.path).join(", ")}`,
     `  tokenizer ${i.tokenizer.path} (vocab ${i.tokenizer.vocabSize}, sha256 ${i.tokenizer.sha256.slice(0, 12)}…)`,
-    `  ${i.records} records → ${r.sequences} sequences, ${r.tokens} tokens; ${i.skipped} skipped, ${i.truncated} truncated`,
+    `  ${i.records} records → ${r.sequences} sequences, ${r.tokens} tokens; ${i.skipped} skipped, ${i.truncated} truncated${
+      i.unlabeled ? `, ${i.unlabeled} without a loss token (${i.options.unlabeled === "skip" ? "skipped" : "kept"})` : ""
+    }`,
     `  length mean ${fmt(r.lengths.mean)}, median ${fmt(r.lengths.median)}, min ${r.lengths.min}, max ${r.lengths.max}`,
     `  loss on ${(100 * r.targetShare).toFixed(1)}% of target positions`,
   ]

@@ -19,7 +19,7 @@ import { BadRecordLog, type OnBadRecord } from "./bad-records.ts"
 import { BadRecord, DataReadError, ShardError } from "./errors.ts"
 import { readRecords } from "./read.ts"
 import { validateRecords, type DataKind } from "./records.ts"
-import { makeSampleBuilder, type OverLong, type SampleTokenizer } from "./samples.ts"
+import { makeSampleBuilder, type OverLong, type SampleTokenizer, type Unlabeled } from "./samples.ts"
 import { PAD_ID, SHARD_FORMAT, SHARD_SCHEMA_VERSION, ShardWriter, type ShardIndex } from "./shards.ts"
 
 export interface PrepareOptions {
@@ -40,6 +40,9 @@ export interface PrepareOptions {
   readonly onBadRecord?: OnBadRecord
   /** Samples over `maxLen`: truncate with a warning (default) or skip. */
   readonly overLong?: OverLong
+  /** SFT/DPO samples with no assistant token within `maxLen`: keep them, as upstream does (default), or
+   * skip them; counted either way (`PrepareResult.unlabeled`, index.json `unlabeled`). */
+  readonly unlabeled?: Unlabeled
   readonly augment?: AugmentOptions
   /** Warnings kept and logged (default 20). */
   readonly maxWarnings?: number
@@ -53,13 +56,24 @@ export interface PrepareResult {
   readonly outDir: string
   readonly index: ShardIndex
   readonly skipped: number
+  /** SFT/DPO records (DPO: pairs) with no loss token within `maxLen`: kept, or under
+   * `unlabeled: "skip"` skipped (and then also counted in `skipped`). */
+  readonly unlabeled: number
   readonly warnings: ReadonlyArray<string>
-  /** One line: "N samples, T tokens in S shards; k records skipped, w warnings". */
+  /** One line: "N samples, T tokens in S shards; k records skipped, w warnings", then, when there
+   * are any, "; u samples without a loss token kept (…)" or "… skipped (…)". */
   readonly summary: string
 }
 
 export type PrepareError = BadRecord | DataReadError | ShardError
 
+
+/** "; 3 samples without a loss token kept (as upstream; --skip-unlabeled drops them)", or "" when there are none. */
+export const unlabeledSummary = (kind: DataKind, n: number, mode: Unlabeled): string => {
+  if (n === 0) return ""
+  const what = kind === "dpo" ? `pair${n === 1 ? "" : "s"} with a side` : `sample${n === 1 ? "" : "s"}`
+  return `; ${n} ${what} without a loss token ${mode === "skip" ? "skipped (--skip-unlabeled)" : "kept (as upstream; --skip-unlabeled drops them)"}`
+}
 
 const sha256 = (path: string) => new Bun.CryptoHasher("sha256").update(readFileSync(path)).digest("hex")
 
@@ -130,6 +144,7 @@ export const prepareShards = (options: PrepareOptions): Effect.Effect<PrepareRes
             // packing cuts the token stream into rows, so documents are not truncated
             maxLen: options.pack ? Number.MAX_SAFE_INTEGER : maxLen,
             overLong: options.overLong ?? "truncate",
+            unlabeled: options.unlabeled ?? "keep",
             augment: options.augment ?? {},
           }),
         catch: (e) => new DataReadError({ file: tokPath, reason: e instanceof Error ? e.message : String(e) }),
@@ -152,6 +167,7 @@ export const prepareShards = (options: PrepareOptions): Effect.Effect<PrepareRes
       })
       let records = 0
       let truncated = 0
+      let unlabeled = 0
       const source = Stream.fromIterable(inputs).pipe(Stream.flatMap((p) => readRecords(p, { bad })))
       yield* source.pipe(
         validateRecords(kind, bad),
@@ -160,14 +176,18 @@ export const prepareShards = (options: PrepareOptions): Effect.Effect<PrepareRes
           Effect.gen(function* () {
             for (const o of builder.build(group)) {
               const where = `${o.file}:${o.line}`
+              if (o.unlabeled) unlabeled++
               if (o._tag === "Drop") {
                 if (o.bad) yield* bad.bad(new BadRecord({ file: o.file, line: o.line, reason: o.reason }))
                 else yield* bad.drop(`${where}: ${o.reason}`)
                 continue
               }
+              const kept = o.unlabeled ? " (no assistant token left: kept without a loss token, as upstream)" : ""
               if (o.truncatedFrom !== undefined) {
                 truncated++
-                yield* bad.warn(`${where}: ${o.truncatedFrom} tokens > max_len ${maxLen}, truncated`)
+                yield* bad.warn(`${where}: ${o.truncatedFrom} tokens > max_len ${maxLen}, truncated${kept}`)
+              } else if (o.unlabeled) {
+                yield* bad.warn(`${where}: no assistant token found (does the chat template write ${JSON.stringify(`${builder.specials.bosToken}assistant\n`)}?): kept without a loss token`)
               }
               yield* Effect.try({
                 try: () => o.samples.forEach((s) => writer.add(s)),
@@ -198,9 +218,11 @@ export const prepareShards = (options: PrepareOptions): Effect.Effect<PrepareRes
         targetTokens: writer.targetTokens,
         skipped: bad.skipped,
         truncated,
+        ...(kind === "pretrain" ? {} : { unlabeled }),
         options: {
           onBadRecord: bad.mode,
           overLong: options.overLong ?? "truncate",
+          ...(kind === "pretrain" ? {} : { unlabeled: options.unlabeled ?? "keep" }),
           shardTokens,
           augment: kind === "pretrain" ? {} : { seed: 42, systemPromptP: 0.2, stripEmptyThinkP: 0.8, ...options.augment },
         },
@@ -217,7 +239,8 @@ export const prepareShards = (options: PrepareOptions): Effect.Effect<PrepareRes
       yield* publish(tmp, outDir)
       const summary =
         `${basename(outDir)}: ${records} ${kind === "dpo" ? "pairs" : "samples"}, ${index.tokens} tokens in ${shards.length} shard${shards.length === 1 ? "" : "s"}; ` +
-        bad.summary()
-      return { outDir, index, skipped: bad.skipped, warnings: bad.warnings, summary }
+        bad.summary() +
+        unlabeledSummary(kind, unlabeled, options.unlabeled ?? "keep")
+      return { outDir, index, skipped: bad.skipped, unlabeled, warnings: bad.warnings, summary }
     }),
   )

@@ -8,9 +8,17 @@
  *             (v1 CSV: `history`, `q`, `a`, history a Python list of [q, a] pairs)
  *   dpo       { chosen: [turns], rejected: [turns] }
  *
- * Rules beyond the shape: text and contents are non-empty (an assistant turn may have empty content
- * when it carries tool_calls); a conversation has at least one assistant turn; `tools` and
- * `tool_calls` are arrays or JSON strings of arrays (MiniMind stores them as strings) and are parsed.
+ * Rules beyond the shape: pretrain text is non-empty; a conversation has at least one turn and at
+ * least one assistant turn; `tools` and `tool_calls` are arrays or JSON strings of arrays (MiniMind
+ * stores them as strings) and are parsed (a string that is empty or blank counts as none).
+ *
+ * Contents, as upstream trains on them: any turn's content may be an empty (or blank) string — a
+ * system turn that only carries `tools`, an empty tool result, an empty user or assistant turn —
+ * and is rendered as it is. A content that is null or absent stays absent (`ChatTurn.content`
+ * undefined), so the chat template sees the turn without one, as after transformers drops None
+ * values: MiniMind's template renders it as empty text, except in a leading system turn, where
+ * rendering fails (upstream's too) and samples.ts treats the record as a bad record (skipped and
+ * counted, naming the turn; fatal under onBadRecord "fail").
  */
 import { Effect, Result, Schema, SchemaIssue, Stream } from "effect"
 import type { BadRecordLog } from "./bad-records.ts"
@@ -25,7 +33,8 @@ export type Role = (typeof ROLES)[number]
 /** One chat turn after validation; `tools`/`tool_calls` are parsed arrays. */
 export interface ChatTurn {
   readonly role: Role
-  readonly content: string
+  /** Absent when the record had none (null or no key): the template then sees no content key. */
+  readonly content?: string
   readonly reasoning_content?: string
   readonly tools?: unknown[]
   readonly tool_calls?: unknown[]
@@ -135,12 +144,9 @@ const checkConversation = (turns: ReadonlyArray<TurnIn>, at: string, problems: P
     const field = `${at}[${i}]`
     const tools = t.tools != null ? parseList(t.tools, `${field}.tools`, problems) : undefined
     const toolCalls = t.tool_calls != null ? parseList(t.tool_calls, `${field}.tool_calls`, problems) : undefined
-    const content = t.content ?? ""
-    if (content.trim() === "" && !(toolCalls && toolCalls.length > 0))
-      problems.push({ field: `${field}.content`, reason: t.content == null ? "missing" : "empty content (only an assistant turn with tool_calls may be empty)" })
     return {
       role: t.role,
-      content,
+      ...(t.content != null ? { content: t.content } : {}),
       ...(t.reasoning_content != null ? { reasoning_content: t.reasoning_content } : {}),
       ...(tools && tools.length > 0 ? { tools } : {}),
       ...(toolCalls && toolCalls.length > 0 ? { tool_calls: toolCalls } : {}),
@@ -195,11 +201,8 @@ export const validateValue = <K extends DataKind>(kind: K, value: unknown): Resu
         if (Result.isFailure(v1)) return Result.fail(v1.failure)
         const turns = fromV1(v1.success, problems)
         if (problems.length) return Result.fail(problems)
-        const conversations = checkConversation(turns, "conversations", problems)
-        // name the v1 columns, not the synthesized turns
-        return problems.length
-          ? Result.fail(problems.map((p) => ({ ...p, field: p.field?.endsWith(`[${turns.length - 1}].content`) ? "a" : p.field?.endsWith(`[${turns.length - 2}].content`) ? "q" : p.field })))
-          : done({ conversations })
+        // q and a are strings and the turns' roles fixed: the synthesized conversation always passes
+        return done({ conversations: checkConversation(turns, "conversations", problems) })
       }
       const r = decodeSft(value)
       if (Result.isFailure(r)) return Result.fail(r.failure)

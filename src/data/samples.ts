@@ -3,6 +3,11 @@
  * Chat records are rendered with the tokenizer's chat template (no generation prompt, tools taken
  * from the system turn as upstream does), augmented (augment.ts), tokenized without special-token
  * post-processing (the template already wrote the special tokens), truncated to `maxLen`, masked.
+ *
+ * A chat sample with no assistant (loss) token — truncated before the first reply, or rendered
+ * without the `<|im_start|>assistant\n` marker — is kept by default, as upstream keeps it (all
+ * labels -100: it fills a batch row and adds no loss token), and marked `unlabeled`; with
+ * `unlabeled: "skip"` it is dropped instead. DPO: a pair counts as unlabeled when either side is.
  */
 import { applyChatTemplate, type ChatMessage, type TokenizerConfig } from "../tokenizer/chat-template.ts"
 import { addSystemPrompt, recordRng, stripEmptyThink, type AugmentOptions } from "./augment.ts"
@@ -18,6 +23,8 @@ export interface SampleTokenizer {
 }
 
 export type OverLong = "truncate" | "skip"
+/** Chat samples with no assistant token within `maxLen`: keep them (upstream) or skip them. */
+export type Unlabeled = "keep" | "skip"
 
 export interface SampleOptions {
   readonly kind: DataKind
@@ -25,6 +32,8 @@ export interface SampleOptions {
   readonly maxLen: number
   /** What to do with a sample longer than `maxLen` (default: truncate, with a warning). */
   readonly overLong?: OverLong
+  /** What to do with a chat sample that has no assistant token within `maxLen` (default: keep, as upstream). */
+  readonly unlabeled?: Unlabeled
   readonly augment?: AugmentOptions
 }
 
@@ -33,9 +42,13 @@ export interface ChatSpec {
   readonly config: Pick<TokenizerConfig, "chatTemplate" | "chatTemplates" | "chatTemplateSource" | "chatTemplateSources" | "file" | "bosToken" | "eosToken" | "unkToken" | "padToken">
 }
 
+/**
+ * What became of one record. `unlabeled`: a chat sample (DPO: either side) has no loss token —
+ * kept (`Sample`) or, under `unlabeled: "skip"`, dropped (`Drop`, not bad).
+ */
 export type Outcome =
-  | { readonly _tag: "Sample"; readonly file: string; readonly line: number; readonly samples: TokenSample[]; readonly truncatedFrom?: number }
-  | { readonly _tag: "Drop"; readonly file: string; readonly line: number; readonly reason: string; readonly bad: boolean }
+  | { readonly _tag: "Sample"; readonly file: string; readonly line: number; readonly samples: TokenSample[]; readonly truncatedFrom?: number; readonly unlabeled?: true }
+  | { readonly _tag: "Drop"; readonly file: string; readonly line: number; readonly reason: string; readonly bad: boolean; readonly unlabeled?: true }
 
 /** Special ids and the assistant-span delimiters, resolved once per tokenizer. */
 export interface Specials {
@@ -70,7 +83,7 @@ const toMessages = (turns: ReadonlyArray<ChatTurn>): { messages: ChatMessage[]; 
     if (t.role === "system" && t.tools) tools = t.tools
     return {
       role: t.role,
-      content: t.content,
+      ...(t.content !== undefined ? { content: t.content } : {}),
       ...(t.reasoning_content !== undefined ? { reasoning_content: t.reasoning_content } : {}),
       ...(t.tool_calls ? { tool_calls: t.tool_calls as ChatMessage["tool_calls"] } : {}),
       ...(t.tools ? { tools: t.tools } : {}),
@@ -97,6 +110,7 @@ export const makeSampleBuilder = (tokenizer: SampleTokenizer, chat: ChatSpec | u
   if (kind !== "pretrain" && chat === undefined) throw new Error(`${kind} data needs a chat template (tokenizer_config.json)`)
   const specials = resolveSpecials(tokenizer, chat)
   const overLong = options.overLong ?? "truncate"
+  const unlabeled = options.unlabeled ?? "keep"
   const seed = options.augment?.seed ?? 42
   const systemP = options.augment?.systemPromptP ?? 0.2
   const stripP = options.augment?.stripEmptyThinkP ?? 0.8
@@ -120,8 +134,8 @@ export const makeSampleBuilder = (tokenizer: SampleTokenizer, chat: ChatSpec | u
       const rng = recordRng(seed, v.line)
       try {
         if (kind === "sft") {
-          const turns = addSystemPrompt((v.record as SftRecord).conversations, rng, systemP, options.augment?.systemPrompts)
-          texts.push(stripEmptyThink(renderConversation(chat!, turns), rng, stripP))
+          const conversations = addSystemPrompt((v.record as SftRecord).conversations, rng, systemP, options.augment?.systemPrompts)
+          texts.push(stripEmptyThink(renderConversation(chat!, conversations), rng, stripP))
         } else {
           const { chosen, rejected } = v.record as DpoRecord
           // one draw for the pair: chosen and rejected keep an identical prompt
@@ -130,7 +144,12 @@ export const makeSampleBuilder = (tokenizer: SampleTokenizer, chat: ChatSpec | u
           texts.push(post(renderConversation(chat!, chosen)), post(renderConversation(chat!, rejected)))
         }
       } catch (e) {
-        failed.set(r, `chat template: ${e instanceof Error ? e.message : String(e)}`)
+        // A turn without content is the likely cause (MiniMind's template needs one in a leading system turn).
+        const empty = Object.entries(v.record).flatMap(([at, ts]) =>
+          (ts as ChatTurn[]).flatMap((t, i) => (t.content === undefined ? [`${at}[${i}]`] : [])),
+        )
+        const hint = empty.length ? ` (${empty.join(", ")} ${empty.length === 1 ? "has" : "have"} no content: null or absent)` : ""
+        failed.set(r, `chat template: ${e instanceof Error ? e.message : String(e)}${hint}`)
         texts.push(...(kind === "dpo" ? ["", ""] : [""]))
       }
     })
@@ -148,9 +167,16 @@ export const makeSampleBuilder = (tokenizer: SampleTokenizer, chat: ChatSpec | u
         return { _tag: "Drop", ...where, reason: `${fullLen} tokens > max_len ${maxLen}`, bad: false }
       const samples =
         kind === "pretrain" ? [pretrainSample(ids[0]!, specials.bos, specials.eos, maxLen)] : ids.map(chatSample)
-      if (kind !== "pretrain" && samples.some((s) => targetCount(s.mask) === 0))
-        return { _tag: "Drop", ...where, reason: `no assistant tokens within max_len ${maxLen}`, bad: false }
-      return fullLen > maxLen ? { _tag: "Sample", ...where, samples, truncatedFrom: fullLen } : { _tag: "Sample", ...where, samples }
+      const noLoss = kind !== "pretrain" && samples.some((s) => targetCount(s.mask) === 0)
+      if (noLoss && unlabeled === "skip")
+        return { _tag: "Drop", ...where, reason: `no assistant tokens within max_len ${maxLen}`, bad: false, unlabeled: true }
+      return {
+        _tag: "Sample",
+        ...where,
+        samples,
+        ...(fullLen > maxLen ? { truncatedFrom: fullLen } : {}),
+        ...(noLoss ? { unlabeled: true as const } : {}),
+      }
     })
   }
   return { specials, build }

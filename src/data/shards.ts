@@ -62,6 +62,9 @@ export interface ShardIndex {
   readonly targetTokens: number
   readonly skipped: number
   readonly truncated: number
+  /** SFT/DPO: records (DPO: pairs) with no loss token within maxLen, kept or skipped as
+   * `options.unlabeled` says (absent in pretrain shards and in older indexes). */
+  readonly unlabeled?: number
   readonly options: Readonly<Record<string, unknown>>
   readonly createdAt: string
   readonly shards: ReadonlyArray<ShardFile>

@@ -56,6 +56,8 @@ export interface PipelineStage {
   randomSystemPrompt?: number
   stripEmptyThink?: number
   pack?: boolean
+  /** SFT/DPO: drop samples with no assistant token within seqLen (default false: kept, as upstream). */
+  skipUnlabeled?: boolean
 }
 
 export interface PipelineConfig {
@@ -99,7 +101,7 @@ export function checkConfig(raw: unknown, file = "pipeline config"): PipelineCon
       if (st[k] !== undefined && !(Number.isInteger(st[k]) && (st[k] as number) >= 0)) fail(`stages[${i}].${k}`, `expected a non-negative integer, got ${JSON.stringify(st[k])}`)
     }
     if (st.lr !== undefined && !(typeof st.lr === "number" && st.lr > 0)) fail(`stages[${i}].lr`, "expected a positive number")
-    for (const k of ["decayNorms", "dropLast"]) {
+    for (const k of ["decayNorms", "dropLast", "skipUnlabeled"]) {
       if (st[k] !== undefined && typeof st[k] !== "boolean") fail(`stages[${i}].${k}`, `expected true or false, got ${JSON.stringify(st[k])}`)
     }
     if (st.accumMean !== undefined && !["token", "micro"].includes(st.accumMean as string)) fail(`stages[${i}].accumMean`, `expected token or micro, got ${JSON.stringify(st.accumMean)}`)
@@ -172,6 +174,8 @@ export function stageOptionsFor(cfg: PipelineConfig, s: PipelineStage, previous:
     saveEvery: s.saveEvery ?? 100,
     resume: true,
     onBadRecord: "skip",
+    // Only when set: the stage hash of existing configs stays the same.
+    ...(s.skipUnlabeled ? { skipUnlabeled: true } : {}),
     objective,
     ...(lora ? { lora } : {}),
     ...(s.teacher ? { teacher: s.teacher } : {}),

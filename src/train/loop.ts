@@ -62,6 +62,8 @@ export interface StageOptions {
   readonly saveEvery: number
   readonly resume: boolean
   readonly onBadRecord: "skip" | "fail"
+  /** SFT/DPO: drop samples with no assistant token within `seqLen` (default: keep them, as upstream). */
+  readonly skipUnlabeled?: boolean
   readonly objective: Objective
   readonly lora?: LoraOptions
   /** DPO: frozen reference model directory (default: the init model). */
@@ -147,6 +149,9 @@ export interface StageSummary {
   model_dir: string
   resumed_from_step: number | null
   skipped_records: number
+  /** SFT/DPO samples (DPO: pairs) with no loss token within the sequence length: kept in the
+   * training data as upstream keeps them, or skipped (then also in `skipped_records`) with --skip-unlabeled. */
+  unlabeled_samples: number
   [k: string]: unknown
 }
 
@@ -168,17 +173,36 @@ export interface MetricLine {
 const kindOf = (stage: StageName): DataKind => (stage === "pretrain" ? "pretrain" : stage === "dpo" ? "dpo" : "sft")
 
 
+/** What the stage's data preparation counted (read back from index.json when shards are reused). */
+interface StageData {
+  readonly dir: string
+  readonly skipped: number
+  readonly unlabeled: number
+}
+
+const countsOf = (dir: string): StageData => {
+  let index: { skipped?: unknown; unlabeled?: unknown } = {}
+  try {
+    index = JSON.parse(readFileSync(join(dir, "index.json"), "utf8"))
+  } catch {
+    // openShards reports an unreadable index
+  }
+  const n = (v: unknown) => (typeof v === "number" && Number.isFinite(v) ? v : 0)
+  return { dir, skipped: n(index.skipped), unlabeled: n(index.unlabeled) }
+}
+
 /** Prepares (or reuses) the stage's shards. A directory with index.json is used as is. */
 const stageShards = (o: StageOptions, stageDir: string) =>
   Effect.gen(function* () {
     if (o.data.length === 1 && existsSync(join(o.data[0]!, "index.json"))) {
-      return { dir: o.data[0]!, skipped: 0 }
+      return countsOf(o.data[0]!)
     }
     const dir = join(stageDir, "data")
-    const stamp = JSON.stringify({ data: o.data.map((d) => resolve(d)), tokenizer: resolve(o.tokenizer), seqLen: o.seqLen, tokensKept: o.seqLen, augment: o.augment ?? null, pack: o.pack ?? false })
+    const unlabeled = o.skipUnlabeled ? "skip" : "keep"
+    const stamp = JSON.stringify({ data: o.data.map((d) => resolve(d)), tokenizer: resolve(o.tokenizer), seqLen: o.seqLen, tokensKept: o.seqLen, augment: o.augment ?? null, pack: o.pack ?? false, unlabeled })
     const stampFile = join(stageDir, "data.stamp.json")
     if (existsSync(join(dir, "index.json")) && existsSync(stampFile) && readFileSync(stampFile, "utf8") === stamp) {
-      return { dir, skipped: 0 }
+      return countsOf(dir)
     }
     const r = yield* prepareShards({
       input: [...o.data],
@@ -190,6 +214,7 @@ const stageShards = (o: StageOptions, stageDir: string) =>
       maxLen: o.seqLen,
       pack: o.pack ?? false,
       onBadRecord: o.onBadRecord,
+      unlabeled,
       augment: o.augment ?? { systemPromptP: 0, stripEmptyThinkP: 0 },
       log: !o.quiet,
       // Long pretraining documents are routinely cut to the sequence length: count, don't list.
@@ -197,7 +222,7 @@ const stageShards = (o: StageOptions, stageDir: string) =>
     })
     writeFileSync(stampFile, stamp)
     if (!o.quiet) console.error(`[${o.stage}] ${r.summary}`)
-    return { dir, skipped: r.skipped }
+    return { dir, skipped: r.skipped, unlabeled: r.unlabeled } satisfies StageData
   })
 
 /** Deterministic train/eval split of sample indices. */
@@ -452,6 +477,7 @@ export const runStageHere = (o: StageOptions) =>
       model_dir: modelDir,
       resumed_from_step: resumedFrom,
       skipped_records: data.skipped,
+      unlabeled_samples: data.unlabeled,
       ...(dist ? { world_size: dist.worldSize, dist_backend: dist.backend } : {}),
       ...(last?.dpo ? { dpo_accuracy: last.dpo.accuracy, reward_margin: last.dpo.reward_margin } : {}),
       ...(last?.kl !== undefined ? { kl: last.kl } : {}),
