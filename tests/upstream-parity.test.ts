@@ -29,7 +29,7 @@ const tokenizer = join(shared, "minimind")
 const harness = join(repo, "tests", "parity", "minimind_upstream.py")
 // max_seq_len (tokens per sample), both sides: pretrain cuts documents; chat must hold a tools preamble
 const M_PRETRAIN = 48
-const M_CHAT = 224
+const M_CHAT = 512
 const maxLenOf = (stage: string) => (stage === "pretrain" ? M_PRETRAIN : M_CHAT)
 const env = { RAYON_NUM_THREADS: "2" }
 
@@ -64,7 +64,7 @@ function sftRecords(n: number, seed: number): object[] {
     ],
     () => [{ role: "system", content: s(3), tools: TOOLS }, { role: "user", content: s(3) }, { role: "assistant", content: s(3) }],
     // longer than max_seq_len: the answer is cut (upstream keeps the labels inside the limit)
-    () => [{ role: "user", content: s(2) }, { role: "assistant", content: s(200) }],
+    () => [{ role: "user", content: s(2) }, { role: "assistant", content: s(500) }],
   ]
   return Array.from({ length: n }, (_, i) => ({ conversations: shapes[i % shapes.length]!() }))
 }

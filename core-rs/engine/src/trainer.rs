@@ -403,6 +403,10 @@ impl Trainer {
                     // + the MoE aux loss, as upstream's `dpo_loss_val + outputs.aux_loss` (0 when dense).
                     Ok(MicroLoss::new((loss + aux)?, 1.0))
                 }
+                Objective::Distill { .. } if batch.tokens() == 0.0 => {
+                    // Every row cut before its answer: nothing to distil (upstream's loss is NaN here).
+                    Ok(MicroLoss { loss: Tensor::new(0f32, &dev)?, weight: 1.0, grads: Some(Default::default()) })
+                }
                 Objective::Distill { alpha, temperature } => {
                     let (logits, aux) = model.forward_train_with(&ids, src)?;
                     aux_total += aux.to_dtype(DType::F64)?.to_scalar::<f64>()? / n_micro;
