@@ -61,7 +61,8 @@ describe("prepareShards → openShards round trip", () => {
       const s = set.sequence(i)
       const n = Math.min(s.ids.length - 1, T)
       for (let t = 0; t < T; t++) {
-        expect(b.ids[row * T + t]).toBe(t < n ? s.ids[t]! : 0)
+        // inputs run one further than targets: the last token is fed (no target), as upstream
+        expect(b.ids[row * T + t]).toBe(t < Math.min(s.ids.length, T) ? s.ids[t]! : 0)
         expect(b.targets[row * T + t]).toBe(t < n ? s.ids[t + 1]! : 0)
         expect(b.mask[row * T + t]).toBe(t < n ? s.mask[t + 1]! : 0)
       }
@@ -69,7 +70,7 @@ describe("prepareShards → openShards round trip", () => {
     const long = set.getBatch([0], 200) // longer than the sample: padding is masked out
     const len0 = set.sequence(0).ids.length
     expect(Array.from(long.mask.subarray(len0 - 1))).toEqual(new Array(200 - len0 + 1).fill(0))
-    expect(Array.from(long.ids.subarray(len0 - 1)).every((x) => x === 0)).toBe(true)
+    expect(Array.from(long.ids.subarray(len0)).every((x) => x === 0)).toBe(true) // ids: the last token is an input too
   })
 
   test("pretrain packed: fixed rows holding every sample's tokens in order; DPO pairs", async () => {

@@ -151,7 +151,7 @@ describe("training stages", () => {
 
     const skip = cli(args("unlabeled-skip", "--steps", "2", "--skip-unlabeled"), undefined, env)
     expect(skip.code).toBe(0)
-    expect(skip.stderr).toContain("unlabeled-sft.jsonl:6: no assistant tokens within max_len 65")
+    expect(skip.stderr).toContain("unlabeled-sft.jsonl:6: no assistant tokens within max_len 64")
     expect(skip.stderr).toMatch(/\b2 records skipped, \d+ warnings?; 2 samples without a loss token skipped \(--skip-unlabeled\)/)
     expect(summary("unlabeled-skip")).toMatchObject({ status: "done", skipped_records: 2, unlabeled_samples: 2 })
     expect(Effect.runSync(openShards(join(out, "unlabeled-skip", "sft", "data"))).numSamples).toBe(40)
