@@ -81,15 +81,19 @@ pub unsafe extern "C" fn bm_trainer_step(
     cap: usize,
     out_len: *mut u32,
 ) -> i32 {
-    guard(|| {
-        let tr = trainer(h)?;
-        if !(lr.is_finite() && lr >= 0.0) {
-            return Err(FfiError::arg(format!("learning rate {lr} must be finite and ≥ 0")));
-        }
-        let micro = batches(ids, targets, mask, n_micro, b, t)?;
-        let r = tr.lock().unwrap_or_else(|p| p.into_inner()).step(&micro, lr)?;
-        write_bytes(serde_json::to_string(&r).map_err(|e| FfiError::arg(e.to_string()))?.as_bytes(), buf, cap, out_len)
-    })
+    guard(|| step_into(h, lr, || batches(ids, targets, mask, n_micro, b, t), buf, cap, out_len))
+}
+
+/// One step of trainer `h` over the micro-batches `micro` makes (after the LR check); the
+/// result as JSON into `buf`.
+unsafe fn step_into(h: u32, lr: f64, micro: impl FnOnce() -> FfiResult<Vec<Batch>>, buf: *mut u8, cap: usize, out_len: *mut u32) -> FfiResult<i32> {
+    let tr = trainer(h)?;
+    if !(lr.is_finite() && lr >= 0.0) {
+        return Err(FfiError::arg(format!("learning rate {lr} must be finite and ≥ 0")));
+    }
+    let micro = micro()?;
+    let r = tr.lock().unwrap_or_else(|p| p.into_inner()).step(&micro, lr)?;
+    write_bytes(serde_json::to_string(&r).map_err(|e| FfiError::arg(e.to_string()))?.as_bytes(), buf, cap, out_len)
 }
 
 /// [`bm_trainer_step`] over micro-batches of different row counts (`rows[i]` rows of `t` tokens
@@ -113,26 +117,27 @@ pub unsafe extern "C" fn bm_trainer_step_rows(
     out_len: *mut u32,
 ) -> i32 {
     guard(|| {
-        let tr = trainer(h)?;
-        if !(lr.is_finite() && lr >= 0.0) {
-            return Err(FfiError::arg(format!("learning rate {lr} must be finite and ≥ 0")));
-        }
-        let rows: &[u32] = if n_micro == 0 { &[] } else { slice_arg(rows, n_micro, "rows")? };
-        let total: usize = rows.iter().map(|&r| r as usize * t).sum();
-        let (ids, targets, mask) = if total == 0 {
-            (&[][..], &[][..], &[][..])
-        } else {
-            (slice_arg(ids, total, "ids")?, slice_arg(targets, total, "targets")?, slice_arg(mask, total, "mask")?)
-        };
-        let mut micro = Vec::with_capacity(n_micro);
-        let mut at = 0;
-        for &b in rows {
-            let n = b as usize * t;
-            micro.push(Batch { ids: ids[at..at + n].to_vec(), targets: targets[at..at + n].to_vec(), mask: mask[at..at + n].to_vec(), b: b as usize, t });
-            at += n;
-        }
-        let r = tr.lock().unwrap_or_else(|p| p.into_inner()).step(&micro, lr)?;
-        write_bytes(serde_json::to_string(&r).map_err(|e| FfiError::arg(e.to_string()))?.as_bytes(), buf, cap, out_len)
+        step_into(
+            h,
+            lr,
+            || {
+                let rows: &[u32] = slice_arg(rows, n_micro, "rows")?;
+                let total: usize = rows.iter().map(|&r| r as usize * t).sum();
+                let (ids, targets, mask) = (slice_arg(ids, total, "ids")?, slice_arg(targets, total, "targets")?, slice_arg(mask, total, "mask")?);
+                let mut at = 0;
+                Ok(rows
+                    .iter()
+                    .map(|&b| {
+                        let r = at..at + b as usize * t;
+                        at = r.end;
+                        Batch { ids: ids[r.clone()].to_vec(), targets: targets[r.clone()].to_vec(), mask: mask[r].to_vec(), b: b as usize, t }
+                    })
+                    .collect())
+            },
+            buf,
+            cap,
+            out_len,
+        )
     })
 }
 
