@@ -199,7 +199,8 @@ const stageShards = (o: StageOptions, stageDir: string) =>
     }
     const dir = join(stageDir, "data")
     const unlabeled = o.skipUnlabeled ? "skip" : "keep"
-    const stamp = JSON.stringify({ data: o.data.map((d) => resolve(d)), tokenizer: resolve(o.tokenizer), seqLen: o.seqLen, tokensKept: o.seqLen, augment: o.augment ?? null, pack: o.pack ?? false, unlabeled })
+    // layout 2: --seq-len N keeps N tokens per sample (layout 1 kept N + 1).
+    const stamp = JSON.stringify({ data: o.data.map((d) => resolve(d)), tokenizer: resolve(o.tokenizer), seqLen: o.seqLen, layout: 2, augment: o.augment ?? null, pack: o.pack ?? false, unlabeled })
     const stampFile = join(stageDir, "data.stamp.json")
     if (existsSync(join(dir, "index.json")) && existsSync(stampFile) && readFileSync(stampFile, "utf8") === stamp) {
       return countsOf(dir)
@@ -326,7 +327,8 @@ export const runStageHere = (o: StageOptions) =>
     const dropLast = o.dropLast ?? false
     // As upstream: an epoch is every train sample (the short last batch included unless
     // --drop-last), and a step never spans two epochs (the last step of an epoch may be short).
-    const batchesPerEpoch = dropLast ? Math.floor(split.train.length / o.batchSize) : Math.ceil(split.train.length / o.batchSize)
+    let sampler = new BatchSampler({ numSamples: split.train.length, batchSize: o.batchSize, seed: o.seed, dropLast })
+    const batchesPerEpoch = sampler.batchesPerEpoch
     const stepsPerEpoch = Math.ceil(batchesPerEpoch / o.accum)
     const totalSteps = o.maxSteps ?? stepsPerEpoch * o.epochs
     // The LR schedule's clock (schedule.ts): micro-batches of the whole run, as upstream's
@@ -361,7 +363,6 @@ export const runStageHere = (o: StageOptions) =>
     })
 
     // Resume.
-    let sampler = new BatchSampler({ numSamples: split.train.length, batchSize: o.batchSize, seed: o.seed, dropLast })
     let step = 0
     let tokens = 0
     let elapsedBefore = 0

@@ -185,8 +185,7 @@ fn fast_micro_loss(_model: &Model, _batch: &Batch, _dev: &Device) -> Result<Micr
 fn micro_mean(m: MicroLoss, dev: &Device) -> Result<MicroLoss> {
     let count = m.weight;
     if count <= 0.0 {
-        // No loss token: loss 0, no gradient, still one of the micro-batches averaged over.
-        return Ok(MicroLoss { loss: Tensor::new(0f32, dev)?, weight: 1.0, grads: Some(Default::default()) });
+        return MicroLoss::empty(dev);
     }
     let mut grads = m.grads.expect("the fast step returns gradients");
     let ids: Vec<_> = grads.get_ids().copied().collect();
@@ -405,7 +404,7 @@ impl Trainer {
                 }
                 Objective::Distill { .. } if batch.tokens() == 0.0 => {
                     // Every row cut before its answer: nothing to distil (upstream's loss is NaN here).
-                    Ok(MicroLoss { loss: Tensor::new(0f32, &dev)?, weight: 1.0, grads: Some(Default::default()) })
+                    MicroLoss::empty(&dev)
                 }
                 Objective::Distill { alpha, temperature } => {
                     let (logits, aux) = model.forward_train_with(&ids, src)?;

@@ -45,19 +45,17 @@ pub extern "C" fn bm_trainer_free(h: u32) -> i32 {
     })
 }
 
-unsafe fn batches(ids: *const u32, targets: *const u32, mask: *const f32, n_micro: usize, b: usize, t: usize) -> FfiResult<Vec<Batch>> {
-    let per = b * t;
-    let total = per * n_micro;
-    let ids = slice_arg(ids, total, "ids")?;
-    let targets = slice_arg(targets, total, "targets")?;
-    let mask = slice_arg(mask, total, "mask")?;
-    Ok((0..n_micro)
-        .map(|i| Batch {
-            ids: ids[i * per..(i + 1) * per].to_vec(),
-            targets: targets[i * per..(i + 1) * per].to_vec(),
-            mask: mask[i * per..(i + 1) * per].to_vec(),
-            b,
-            t,
+/// Micro-batch `i` has `rows[i]` rows of `t` tokens; the arrays hold them back to back.
+unsafe fn batches(ids: *const u32, targets: *const u32, mask: *const f32, rows: &[usize], t: usize) -> FfiResult<Vec<Batch>> {
+    let total: usize = rows.iter().map(|&b| b * t).sum();
+    let (ids, targets, mask) = (slice_arg(ids, total, "ids")?, slice_arg(targets, total, "targets")?, slice_arg(mask, total, "mask")?);
+    let mut at = 0;
+    Ok(rows
+        .iter()
+        .map(|&b| {
+            let r = at..at + b * t;
+            at = r.end;
+            Batch { ids: ids[r.clone()].to_vec(), targets: targets[r.clone()].to_vec(), mask: mask[r].to_vec(), b, t }
         })
         .collect())
 }
@@ -81,7 +79,7 @@ pub unsafe extern "C" fn bm_trainer_step(
     cap: usize,
     out_len: *mut u32,
 ) -> i32 {
-    guard(|| step_into(h, lr, || batches(ids, targets, mask, n_micro, b, t), buf, cap, out_len))
+    guard(|| step_into(h, lr, || batches(ids, targets, mask, &vec![b; n_micro], t), buf, cap, out_len))
 }
 
 /// One step of trainer `h` over the micro-batches `micro` makes (after the LR check); the
@@ -121,18 +119,8 @@ pub unsafe extern "C" fn bm_trainer_step_rows(
             h,
             lr,
             || {
-                let rows: &[u32] = slice_arg(rows, n_micro, "rows")?;
-                let total: usize = rows.iter().map(|&r| r as usize * t).sum();
-                let (ids, targets, mask) = (slice_arg(ids, total, "ids")?, slice_arg(targets, total, "targets")?, slice_arg(mask, total, "mask")?);
-                let mut at = 0;
-                Ok(rows
-                    .iter()
-                    .map(|&b| {
-                        let r = at..at + b as usize * t;
-                        at = r.end;
-                        Batch { ids: ids[r.clone()].to_vec(), targets: targets[r.clone()].to_vec(), mask: mask[r].to_vec(), b: b as usize, t }
-                    })
-                    .collect())
+                let rows: Vec<usize> = slice_arg(rows, n_micro, "rows")?.iter().map(|&r| r as usize).collect();
+                batches(ids, targets, mask, &rows, t)
             },
             buf,
             cap,
@@ -179,7 +167,7 @@ pub extern "C" fn bm_trainer_request_stop(h: u32, on: i32) -> i32 {
 pub unsafe extern "C" fn bm_trainer_eval(h: u32, ids: *const u32, targets: *const u32, mask: *const f32, b: usize, t: usize, out: *mut f64) -> i32 {
     guard(|| {
         let tr = trainer(h)?;
-        let batch = batches(ids, targets, mask, 1, b, t)?.pop().expect("one batch");
+        let batch = batches(ids, targets, mask, &[b], t)?.pop().expect("one batch");
         let (sum, count) = tr.lock().unwrap_or_else(|p| p.into_inner()).eval_lm(&batch)?;
         let o = out_slice(out, 2, "out")?;
         o[0] = sum;

@@ -67,18 +67,10 @@ impl MoeMlp {
             }
         }
         let sel = Tensor::from_vec(sel, (n, e_count), x.device())?;
-        let w = if self.norm_topk_prob && self.top_k == 1 {
-            // One expert per token, renormalised: w = p / (p + 1e-20) is exactly 1 in f32 (any
-            // p > 1e-13) and its slope 1e-20/p² is 0 to within rounding: the selection itself.
-            sel.clone()
-        } else {
-            let w = (&probs * &sel)?; // [N, E], zero outside the top-k
-            if self.norm_topk_prob {
-                w.broadcast_div(&(w.sum_keepdim(1)? + 1e-20)?)?
-            } else {
-                w
-            }
-        };
+        let mut w = (&probs * &sel)?; // [N, E], zero outside the top-k
+        if self.norm_topk_prob {
+            w = w.broadcast_div(&(w.sum_keepdim(1)? + 1e-20)?)?;
+        }
         let mut y = xf.zeros_like()?;
         for (e, expert) in self.experts.iter().enumerate() {
             if tokens_of[e].is_empty() {

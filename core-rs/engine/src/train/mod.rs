@@ -54,6 +54,12 @@ impl MicroLoss {
     pub fn new(loss: Tensor, weight: f64) -> Self {
         MicroLoss { loss, weight, grads: None }
     }
+
+    /// A micro-batch without a loss token, in a mean of micro-batch means: loss 0, no gradient,
+    /// weight 1 (still one of the micro-batches averaged over).
+    pub fn empty(dev: &candle_core::Device) -> Result<Self> {
+        Ok(MicroLoss { loss: Tensor::new(0f32, dev)?, weight: 1.0, grads: Some(Default::default()) })
+    }
 }
 
 /// What [`train_step`] did.
