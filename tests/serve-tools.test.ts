@@ -17,6 +17,7 @@ import { shared } from "./helpers/cli.ts"
 class ScriptedEngine implements Engine {
   readonly kind = "scripted"
   readonly config = { max_position_embeddings: 2048, eos_token_id: 2 } as ModelConfig
+  readonly stopTokenIds = [2]
   readonly broken = undefined
   inflight = 0
   script = ""

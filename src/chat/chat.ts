@@ -161,7 +161,7 @@ export async function runChat(engine: Engine, tokenizer: Tokenizer, config: Toke
           repetitionPenalty: settings.repetitionPenalty,
           maxNewTokens: Math.min(settings.maxNewTokens, left),
           seed: settings.seed + answers++,
-          stopTokenIds: [engine.config.eos_token_id],
+          stopTokenIds: [...engine.stopTokenIds],
         },
       },
       (d) => {

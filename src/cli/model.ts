@@ -119,7 +119,7 @@ export const generateCommand = Command.make(
       const tok = yield* loadTokenizer(tokDir)
       let prompt: Uint32Array
       if (a.raw) {
-        prompt = Uint32Array.from([m.config.bos_token_id, ...tok.encode(a.prompt)])
+        prompt = Uint32Array.from([...(m.config.bos_token_id === null ? [] : [m.config.bos_token_id]), ...tok.encode(a.prompt)])
       } else {
         const cfg = yield* Effect.try({ try: () => loadTokenizerConfig(tokDir), catch: (e) => e as Error })
         const messages = [

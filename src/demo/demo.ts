@@ -126,10 +126,10 @@ export const answer = (dir: string, tokenizerDir: string, questions: readonly Qu
     const cfg = loadTokenizerConfig(tokenizerDir)
     const prompts = questions.map((q) => tok.encode(applyChatTemplate(cfg, [{ role: "user", content: q.question }], { addGenerationPrompt: true })))
     const out: string[] = []
-    const eos = model.config.eos_token_id
+    const stops = model.stopTokenIds
     for (let i = 0; i < prompts.length; i += 32) {
-      const rows = generateBatch(model, prompts.slice(i, i + 32), { temperature: 0, maxNewTokens, stopTokenIds: [eos] })
-      for (const ids of rows) out.push(tok.decode(ids.filter((t) => t !== eos), true).trim())
+      const rows = generateBatch(model, prompts.slice(i, i + 32), { temperature: 0, maxNewTokens, stopTokenIds: stops })
+      for (const ids of rows) out.push(tok.decode(ids.filter((t) => !stops.includes(t)), true).trim())
     }
     return out
   }).pipe(Effect.scoped)

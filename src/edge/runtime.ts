@@ -32,8 +32,8 @@ export interface ModelInfo {
   num_hidden_layers: number
   num_parameters: number
   max_position_embeddings: number
-  bos_token_id: number
-  eos_token_id: number
+  bos_token_id: number | null
+  eos_token_id: number | null
   weights_encoding: string
   warnings: string[]
 }

@@ -36,14 +36,14 @@ export const DEFAULT_GENERATION: Required<GenerationOptions> = {
 
 const NO_TOKEN = 0xffffffff
 
-const optionsJson = (o: GenerationOptions, eos: number) =>
+const optionsJson = (o: GenerationOptions, stops: readonly number[]) =>
   JSON.stringify({
     temperature: o.temperature ?? DEFAULT_GENERATION.temperature,
     top_k: o.topK ?? DEFAULT_GENERATION.topK,
     top_p: o.topP ?? DEFAULT_GENERATION.topP,
     repetition_penalty: o.repetitionPenalty ?? DEFAULT_GENERATION.repetitionPenalty,
     max_new_tokens: o.maxNewTokens ?? DEFAULT_GENERATION.maxNewTokens,
-    stop_token_ids: o.stopTokenIds ?? [eos],
+    stop_token_ids: o.stopTokenIds ?? stops,
     seed: o.seed ?? DEFAULT_GENERATION.seed,
   })
 
@@ -84,7 +84,7 @@ export class Session {
 
 export function openSessionSync(model: Model, prompt: ArrayLike<number>, opts: GenerationOptions = {}): Session {
   const ids = prompt instanceof Uint32Array ? prompt : Uint32Array.from(prompt)
-  const o = utf8(optionsJson(opts, model.config.eos_token_id))
+  const o = utf8(optionsJson(opts, model.stopTokenIds))
   const box = new Uint32Array(1)
   const { native } = model
   native.check("bm_session_new", native.sym.bm_session_new(model.handle, ptrOf(ids), ids.length, ptrOf(o), o.byteLength, ptr(box)))
@@ -148,7 +148,7 @@ export function generateBatch(model: Model, prompts: ArrayLike<number>[], opts: 
   offsets[n] = total
   const ids = new Uint32Array(Math.max(total, 1))
   prompts.forEach((p, i) => ids.set(p as ArrayLike<number>, offsets[i]!))
-  const o = utf8(optionsJson(opts, model.config.eos_token_id))
+  const o = utf8(optionsJson(opts, model.stopTokenIds))
   const box = new Uint32Array(1)
   const { native } = model
   native.check("bm_batch_session_new", native.sym.bm_batch_session_new(model.handle, ptr(ids), ptr(offsets), n, ptrOf(o), o.byteLength, ptr(box)))

@@ -3,6 +3,8 @@
  * logits, evaluation loss, LoRA adapters. Handles are owned by Effect scopes (`loadModel`,
  * `initModel`); methods are synchronous native calls that throw `NativeError`.
  */
+import { existsSync, readFileSync } from "node:fs"
+import { join } from "node:path"
 import { ptr } from "bun:ffi"
 import { Effect, Scope } from "effect"
 import { NativeError, NativeLoadError } from "../native/errors.ts"
@@ -27,21 +29,29 @@ export interface ModelConfig {
   qk_norm?: boolean | null
   rope_interleaved?: boolean
   dropout: number
-  bos_token_id: number
-  eos_token_id: number
-  pad_token_id: number
+  /** null where the checkpoint has none (transformers writes `null`). */
+  bos_token_id: number | null
+  eos_token_id: number | null
+  pad_token_id: number | null
   model_type: string
   [k: string]: unknown
 }
 
 export interface ModelInfo {
   config: ModelConfig
+  /** The transformers family that computes this model natively (`llama`, `qwen2`, `qwen3`, `qwen3_moe`), or null. */
+  hf_family: string | null
+  /** Why no native family can (names the feature), when `hf_family` is null. */
+  hf_family_unavailable: string | null
   num_parameters: number
   dtype: string
   device: string
   warnings: string[]
   has_lora: boolean
 }
+
+export const HF_ARCHS = ["auto", "llama", "qwen2", "qwen3", "qwen3-moe", "minimind"] as const
+export type HfArch = (typeof HF_ARCHS)[number]
 
 export const PRESETS = ["minimind-v1", "minimind2-small", "minimind2", "minimind2-moe", "minimind-3", "minimind-3-moe", "tiny"] as const
 
@@ -50,6 +60,7 @@ export type ModelError = NativeError | NativeLoadError
 export class Model {
   #freed = false
   #info?: ModelInfo
+  #stops?: number[]
 
   constructor(readonly native: NativeLib, readonly handle: number, readonly source: string) {}
 
@@ -62,6 +73,28 @@ export class Model {
 
   get config(): ModelConfig {
     return this.info().config
+  }
+
+  /**
+   * The ids that end a generation by default: config.json's eos_token_id and the eos ids of the model directory's
+   * generation_config.json (transformers' order of precedence: both apply), deduplicated.
+   */
+  get stopTokenIds(): number[] {
+    if (!this.#stops) {
+      const ids: unknown[] = [this.config.eos_token_id]
+      const gen = join(this.source, "generation_config.json")
+      if (existsSync(gen)) {
+        let g: { eos_token_id?: unknown }
+        try {
+          g = JSON.parse(readFileSync(gen, "utf8"))
+        } catch (e) {
+          throw new NativeError({ code: -1, op: "generation_config.json", message: `${gen}: not valid JSON: ${(e as Error).message}` })
+        }
+        ids.push(...(Array.isArray(g.eos_token_id) ? g.eos_token_id : [g.eos_token_id]))
+      }
+      this.#stops = [...new Set(ids.filter((i): i is number => Number.isInteger(i) && (i as number) >= 0 && (i as number) < this.vocabSize))]
+    }
+    return this.#stops
   }
 
   get vocabSize(): number {
@@ -89,6 +122,17 @@ export class Model {
   save(dir: string, dtype: "f32" | "f16" | "bf16" = "f32"): void {
     const d = utf8(dir)
     this.native.check("bm_model_save", this.native.sym.bm_model_save(this.handle, ptrOf(d), d.byteLength, { f32: 0, f16: 1, bf16: 2 }[dtype]))
+  }
+
+  /**
+   * Writes `config.json` + `model.safetensors` in a transformers family's format (`auto`: the native family that
+   * computes this model, else MiniMind's); returns the family's model_type.
+   */
+  saveHf(dir: string, dtype: "f32" | "f16" | "bf16" = "f32", arch: HfArch = "auto"): string {
+    const d = utf8(dir)
+    const a = utf8(arch)
+    const code = { f32: 0, f16: 1, bf16: 2 }[dtype]
+    return JSON.parse(this.native.readString("bm_model_save_hf", (b, c, l) => this.native.sym.bm_model_save_hf(this.handle, ptrOf(d), d.byteLength, code, ptrOf(a), a.byteLength, b, c, l)))
   }
 
   /** Attach LoRA adapters from `dir`; `merge` folds them into the base weights. */
@@ -122,6 +166,18 @@ export function initModelSync(config: Record<string, unknown>, seed = 42, native
   return new Model(native, box[0]!, `init:${JSON.stringify(config)}`)
 }
 
+/**
+ * A model from a PyTorch state dict (`torch.save`; MiniMind's `.pth`). `config`: `{ preset, ...overrides }`, a full
+ * config.json object, or `{}` to pick the MiniMind preset the tensors match.
+ */
+export function importPthSync(path: string, config: Record<string, unknown> = {}, native: NativeLib = loadNativeSync("cpu")): Model {
+  const p = utf8(path)
+  const c = utf8(JSON.stringify(config))
+  const box = new Uint32Array(1)
+  native.check("bm_model_import_pth", native.sym.bm_model_import_pth(ptrOf(p), p.byteLength, ptrOf(c), c.byteLength, ptr(box)))
+  return new Model(native, box[0]!, path)
+}
+
 const scoped = (make: () => Model): Effect.Effect<Model, ModelError, Scope.Scope> =>
   Effect.acquireRelease(
     Effect.try({ try: make, catch: (e) => e as ModelError }),
@@ -129,5 +185,6 @@ const scoped = (make: () => Model): Effect.Effect<Model, ModelError, Scope.Scope
   )
 
 export const loadModel = (dir: string, device: Device = "cpu") => scoped(() => openModelSync(dir, loadNativeSync(device), device))
+export const importPth = (path: string, config: Record<string, unknown> = {}) => scoped(() => importPthSync(path, config))
 export const initModel = (config: Record<string, unknown>, seed = 42, device: Device = "cpu") =>
   scoped(() => initModelSync(config, seed, loadNativeSync(device), device))

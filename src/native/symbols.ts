@@ -38,6 +38,8 @@ export const symbols = {
   bm_device_info: { args: [ptr, usize, ptr, usize, ptr], returns: i32 },
   bm_model_free: { args: [u32], returns: i32 },
   bm_model_save: { args: [u32, ptr, usize, u8], returns: i32 },
+  bm_model_save_hf: { args: [u32, ptr, usize, u8, ptr, usize, ptr, usize, ptr], returns: i32 },
+  bm_model_import_pth: { args: [ptr, usize, ptr, usize, ptr], returns: i32 },
   bm_model_info: { args: [u32, ptr, usize, ptr], returns: i32 },
   bm_model_forward: { args: [u32, ptr, usize, usize, u8, ptr, usize], returns: i32 },
   bm_model_loss: { args: [u32, ptr, ptr, ptr, usize, usize, ptr], returns: i32 },

@@ -27,6 +27,8 @@ export interface Handle {
 export interface Engine {
   readonly kind: string
   readonly config: ModelConfig
+  /** The ids that end a generation by default (config.json's and generation_config.json's eos). */
+  readonly stopTokenIds: readonly number[]
   submit(prompt: Uint32Array, options: GenerationOptions, sink: Sink): Handle
   /** Requests submitted and not yet ended. */
   readonly inflight: number
@@ -39,6 +41,7 @@ export interface Engine {
 abstract class BaseEngine implements Engine {
   abstract readonly kind: string
   abstract readonly config: ModelConfig
+  abstract readonly stopTokenIds: readonly number[]
   protected readonly sinks = new Map<number, Sink>()
   protected readonly cancelled = new Set<number>()
   #next = 1
@@ -91,7 +94,7 @@ export class WorkerEngine extends BaseEngine {
   readonly kind = "worker"
   #closed = false
 
-  private constructor(readonly worker: Worker, readonly config: ModelConfig) {
+  private constructor(readonly worker: Worker, readonly config: ModelConfig, readonly stopTokenIds: readonly number[]) {
     super()
     worker.onmessage = (ev: MessageEvent) => {
       const msg = ev.data as { type: string } & Round
@@ -108,8 +111,8 @@ export class WorkerEngine extends BaseEngine {
     const worker = new Worker(new URL("./worker.ts", import.meta.url))
     return new Promise((resolve, reject) => {
       worker.onmessage = (ev: MessageEvent) => {
-        const msg = ev.data as { type: string; config?: ModelConfig; message?: string }
-        if (msg.type === "ready") resolve(new WorkerEngine(worker, msg.config!))
+        const msg = ev.data as { type: string; config?: ModelConfig; stopTokenIds?: number[]; message?: string }
+        if (msg.type === "ready") resolve(new WorkerEngine(worker, msg.config!, msg.stopTokenIds!))
         else if (msg.type === "failed") {
           worker.terminate()
           reject(new Error(msg.message))
@@ -165,6 +168,10 @@ export class InlineEngine extends BaseEngine {
 
   get config(): ModelConfig {
     return this.model.config
+  }
+
+  get stopTokenIds(): readonly number[] {
+    return this.model.stopTokenIds
   }
 
   protected send(msg: ToWorker): void {

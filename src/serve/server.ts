@@ -110,7 +110,7 @@ export function prepare(ctx: ServeContext, r: ChatCompletionRequest): Effect.Eff
       repetitionPenalty: repetitionPenalty(r),
       maxNewTokens: asked ?? Math.min(left, ctx.defaultMaxTokens ?? left),
       seed: r.seed == null ? randomSeed() : unsignedSeed(r.seed),
-      stopTokenIds: r.ignore_eos ? [] : [ctx.engine.config.eos_token_id],
+      stopTokenIds: r.ignore_eos ? [] : [...ctx.engine.stopTokenIds],
     }
     const stop = r.stop == null ? [] : typeof r.stop === "string" ? [r.stop] : [...r.stop]
     return { prompt, options, stop, parseTools: toolsOn }

@@ -4,7 +4,7 @@
  * which is when submissions and cancellations arrive.
  *
  * Protocol (main → worker): `{ type: "submit", job }`, `{ type: "cancel", id }`, `{ type: "close" }`.
- * (worker → main): `{ type: "ready", config }` | `{ type: "failed", message }` once after loading,
+ * (worker → main): `{ type: "ready", config, stopTokenIds }` | `{ type: "failed", message }` once after loading,
  * `{ type: "round", tokens, ended }` per step that produced something, `{ type: "closed" }`.
  */
 import { readlinkSync } from "node:fs"
@@ -70,7 +70,7 @@ self.onmessage = (ev: MessageEvent) => {
       try {
         model = openModelSync(msg.modelDir, loadNativeSync(msg.device), msg.device)
         scheduler = new Scheduler(model, msg.maxActive)
-        self.postMessage({ type: "ready", config: model.config })
+        self.postMessage({ type: "ready", config: model.config, stopTokenIds: model.stopTokenIds })
       } catch (e) {
         self.postMessage({ type: "failed", message: (e as Error).message })
       }

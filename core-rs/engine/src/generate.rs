@@ -181,7 +181,7 @@ pub struct GenerationSession {
 fn check_prompt(model: &Model, prompt: &[u32], what: &str) -> Result<()> {
     let cfg = model.config();
     if prompt.is_empty() {
-        return Err(Error::input(format!("{what} is empty; start it with at least one token (e.g. bos {})", cfg.bos_token_id)));
+        return Err(Error::input(format!("{what} is empty; start it with at least one token{})", cfg.bos_token_id.map(|b| format!(" (e.g. bos {b})")).unwrap_or_default())));
     }
     if let Some((pos, &id)) = prompt.iter().enumerate().find(|(_, &id)| id as usize >= cfg.vocab_size) {
         return Err(Error::input(format!("token id {id} at position {pos} of {what} is out of range for vocab_size {}", cfg.vocab_size)));
@@ -345,7 +345,7 @@ impl BatchGenerationSession {
             return Ok(vec![None; b]);
         }
         let dev = self.model.device().clone();
-        let pad_id = self.model.config().pad_token_id;
+        let pad_id = self.model.config().pad_id();
         let logits = if self.cache.seq_len() == 0 {
             let rows: Vec<Vec<u32>> = (0..b)
                 .map(|i| std::iter::repeat(pad_id).take(self.pads[i]).chain(self.tokens[i].iter().copied()).collect())

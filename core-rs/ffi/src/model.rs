@@ -3,7 +3,7 @@
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use bunmind_engine::model::{LoraAdapters, Model, ModelConfig};
+use bunmind_engine::model::{hf, Family, LoraAdapters, Model, ModelConfig};
 use bunmind_engine::trainer::{eval_lm, Batch};
 use candle_core::{DType, Device, Tensor};
 
@@ -150,13 +150,7 @@ pub unsafe extern "C" fn bm_model_save(h: u32, dir: *const u8, len: usize, dtype
     guard(|| {
         let m = model(h)?.get();
         let dir = str_arg(dir, len, "dir")?;
-        let dt = match dtype {
-            0 => DType::F32,
-            1 => DType::F16,
-            2 => DType::BF16,
-            d => return Err(FfiError::arg(format!("dtype {d}: expected 0 (f32), 1 (f16) or 2 (bf16)"))),
-        };
-        m.save_dir_as(dir, dt)?;
+        m.save_dir_as(dir, dtype_code(dtype)?)?;
         Ok(BM_OK)
     })
 }
@@ -171,8 +165,14 @@ pub unsafe extern "C" fn bm_model_info(h: u32, buf: *mut u8, cap: usize, out_len
         let e = model(h)?;
         let m = e.get();
         let cfg: serde_json::Value = serde_json::from_str(&m.config().to_json_string()?).unwrap_or_default();
+        let (native, why) = match hf::native_family(m.config()) {
+            Ok(f) => (Some(f.model_type()), None),
+            Err(e) => (None, Some(e)),
+        };
         let info = serde_json::json!({
             "config": cfg,
+            "hf_family": native,
+            "hf_family_unavailable": why,
             "num_parameters": m.num_parameters(),
             "dtype": "f32",
             "device": bunmind_engine::device::device_name(m.device()),
@@ -250,6 +250,77 @@ pub unsafe extern "C" fn bm_model_load_lora(h: u32, dir: *const u8, len: usize, 
             m.merge_lora()?;
         }
         *guard = Arc::new(m);
+        Ok(BM_OK)
+    })
+}
+
+fn dtype_code(dtype: u8) -> FfiResult<DType> {
+    match dtype {
+        0 => Ok(DType::F32),
+        1 => Ok(DType::F16),
+        2 => Ok(DType::BF16),
+        d => Err(FfiError::arg(format!("dtype {d}: expected 0 (f32), 1 (f16) or 2 (bf16)"))),
+    }
+}
+
+/// Save as an HF checkpoint in a transformers family's format: `arch` is `auto` (the native
+/// family that computes this model, else MiniMind's), `llama`, `qwen2`, `qwen3`, `qwen3_moe` or
+/// `minimind`; a family that cannot hold the model is an error naming the feature. Writes the
+/// family's `model_type` (JSON string) to `buf`.
+///
+/// # Safety
+/// `dir` / `arch` must point at their lengths in bytes; see [`write_bytes`] for `buf`.
+#[no_mangle]
+pub unsafe extern "C" fn bm_model_save_hf(
+    h: u32,
+    dir: *const u8,
+    len: usize,
+    dtype: u8,
+    arch: *const u8,
+    arch_len: usize,
+    buf: *mut u8,
+    cap: usize,
+    out_len: *mut u32,
+) -> i32 {
+    guard(|| {
+        let m = model(h)?.get();
+        let dir = str_arg(dir, len, "dir")?;
+        let arch = str_arg(arch, arch_len, "arch")?;
+        let family = match arch {
+            "auto" => None,
+            a => Some(Family::parse(a).ok_or_else(|| {
+                FfiError::arg(format!("--arch {a}: expected auto, llama, qwen2, qwen3, qwen3-moe or minimind"))
+            })?),
+        };
+        let used = m.save_dir_family(dir, dtype_code(dtype)?, family)?;
+        write_bytes(serde_json::json!(used.model_type()).to_string().as_bytes(), buf, cap, out_len)
+    })
+}
+
+/// A model from a PyTorch state dict (`torch.save`, e.g. MiniMind's `.pth`) and a config:
+/// `config` is `{"preset": name, ...overrides}`, a full config.json object, or `{}` to pick the
+/// MiniMind preset whose tensor names and shapes the file matches. Loaded on this build's device.
+///
+/// # Safety
+/// `path` / `config` must point at their lengths in bytes; `out` at a u32.
+#[no_mangle]
+pub unsafe extern "C" fn bm_model_import_pth(path: *const u8, len: usize, config: *const u8, config_len: usize, out: *mut u32) -> i32 {
+    guard(|| {
+        let path = Path::new(str_arg(path, len, "path")?);
+        let text = str_arg(config, config_len, "config")?;
+        let dev = device()?;
+        let tensors = bunmind_engine::model::io::read_pth(path, &dev)?;
+        let cfg = if text.trim().is_empty() || text.trim() == "{}" {
+            bunmind_engine::model::io::infer_preset(&tensors).map_err(FfiError::from)?
+        } else {
+            config_from_json(text)?
+        };
+        let (m, mut warnings) = Model::from_tensors(cfg, tensors, &dev).map_err(|e| match e {
+            bunmind_engine::Error::Tensor { name, msg } => bunmind_engine::Error::tensor(name, format!("{msg} (in {})", path.display())),
+            e => e,
+        })?;
+        warnings.retain(|w| !w.contains("lm_head.weight"));
+        write_out(out, handles::insert(Kind::Model, ModelEntry::new(m, warnings)), "out")?;
         Ok(BM_OK)
     })
 }

@@ -27,8 +27,8 @@ pub struct Info {
     pub num_hidden_layers: usize,
     pub num_parameters: usize,
     pub max_position_embeddings: usize,
-    pub bos_token_id: u32,
-    pub eos_token_id: u32,
+    pub bos_token_id: Option<u32>,
+    pub eos_token_id: Option<u32>,
     /// How the weights were stored: f32, f16, bf16, int8 (dequantised at load) or mixed.
     pub weights_encoding: String,
     /// Ignored tensors and similar notes from the loader.

@@ -46,6 +46,9 @@ pub fn unsupported(model: &Model) -> Option<String> {
     if cfg.use_moe {
         return Some("mixture-of-experts layers".into());
     }
+    if cfg.has_bias() {
+        return Some("projection biases".into());
+    }
     if model.embed_tokens.dtype() != candle_core::DType::F32 {
         return Some("weights are not f32".into());
     }

@@ -1,6 +1,10 @@
-//! `ModelConfig`: one config for the whole MiniMind family, read from / written to Hugging Face
-//! `config.json`. Unknown JSON keys (e.g. `hidden_act`, `flash_attn`) are ignored on load.
-use serde::{Deserialize, Deserializer, Serialize};
+//! `ModelConfig`: bunmind's one canonical config for every decoder it runs (MiniMind v1/v2/3,
+//! Llama, Qwen2, Qwen3, Qwen3-MoE). It is read from a Hugging Face `config.json` of any of those
+//! families by [`super::hf`] (which knows each family's field names and defaults and refuses what it
+//! cannot compute), and written back in a family's own format by [`super::hf::export_config`].
+//! [`ModelConfig::to_json_string`] gives the canonical form (model_type `minimind` plus bunmind's
+//! own keys), which [`ModelConfig::from_json_str`] reads back exactly.
+use serde::{Deserialize, Serialize};
 
 use crate::{Error, Result};
 
@@ -55,22 +59,22 @@ fn d_max_pos() -> usize { 32768 }
 fn d_experts() -> usize { 4 }
 fn d_topk() -> usize { 1 }
 fn d_aux() -> f64 { 5e-4 }
-fn d_bos() -> u32 { 1 }
-fn d_eos() -> u32 { 2 }
 fn d_model_type() -> String { "minimind".into() }
+fn is_false(b: &bool) -> bool { !*b }
 
-/// Accepts `2` or `[2, 7]` (HF allows a list of eos ids); keeps the first.
-fn de_token_id<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<u32, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum OneOrMany {
-        One(u32),
-        Many(Vec<u32>),
-    }
-    match OneOrMany::deserialize(d)? {
-        OneOrMany::One(x) => Ok(x),
-        OneOrMany::Many(v) => v.first().copied().ok_or_else(|| serde::de::Error::custom("empty token id list")),
-    }
+/// Transformers' RoPE scaling (`rope_parameters` in transformers 5, `rope_scaling` in 4.x) for the
+/// HF families: unlike MiniMind's [`RopeScaling`], it applies in training and inference alike, and
+/// each kind computes the frequencies exactly as `transformers.modeling_rope_utils` does (see
+/// `super::rope`). Defaults are resolved on import, so every value here is the one in effect.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "rope_type", rename_all = "lowercase")]
+pub enum RopeParameters {
+    /// `f_i / factor`.
+    Linear { factor: f64 },
+    /// Llama 3.1's wavelength-banded scaling.
+    Llama3 { factor: f64, low_freq_factor: f64, high_freq_factor: f64, original_max_position_embeddings: usize },
+    /// YaRN as transformers computes it (ramp over `find_correction_range`, capped at `head_dim − 1`).
+    Yarn { factor: f64, original_max_position_embeddings: usize, beta_fast: f64, beta_slow: f64, attention_factor: f64, truncate: bool },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -122,14 +126,29 @@ pub struct ModelConfig {
     /// Upstream's switch: when true and `rope_scaling` is absent, YaRN with the default parameters.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub inference_rope_scaling: bool,
+    /// HF-style RoPE scaling (applies in training too); see [`RopeParameters`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rope_parameters: Option<RopeParameters>,
+    /// Biases on the q, k and v projections (Qwen2; Llama/Qwen3 `attention_bias`).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub qkv_bias: bool,
+    /// A bias on the output projection (Llama/Qwen3 `attention_bias`).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub o_bias: bool,
+    /// Biases on the dense MLP's projections (Llama `mlp_bias`).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub mlp_bias: bool,
     #[serde(default)]
     pub dropout: f64,
-    #[serde(default = "d_bos", deserialize_with = "de_token_id")]
-    pub bos_token_id: u32,
-    #[serde(default = "d_eos", deserialize_with = "de_token_id")]
-    pub eos_token_id: u32,
-    #[serde(default, deserialize_with = "de_token_id")]
-    pub pad_token_id: u32,
+    /// `None` where the checkpoint has none (HF writes `null`); a raw prompt then starts without one.
+    #[serde(default)]
+    pub bos_token_id: Option<u32>,
+    /// The first of the config's eos ids (`None`: stop on the tokenizer's / generation_config's).
+    #[serde(default)]
+    pub eos_token_id: Option<u32>,
+    /// Only used to fill left padding (masked), so `None` means 0.
+    #[serde(default)]
+    pub pad_token_id: Option<u32>,
     #[serde(default = "d_model_type")]
     pub model_type: String,
     #[serde(default)]
@@ -183,13 +202,22 @@ impl ModelConfig {
             rope_interleaved: false,
             rope_scaling: None,
             inference_rope_scaling: false,
+            rope_parameters: None,
+            qkv_bias: false,
+            o_bias: false,
+            mlp_bias: false,
             dropout: 0.0,
-            bos_token_id: 1,
-            eos_token_id: 2,
-            pad_token_id: 0,
+            bos_token_id: Some(1),
+            eos_token_id: Some(2),
+            pad_token_id: Some(0),
             model_type: "minimind".into(),
             architectures: vec!["MiniMindForCausalLM".into()],
         }
+    }
+
+    /// The starting point of [`super::hf::import_config`] (every field is then read or defaulted).
+    pub(crate) fn default_for_import() -> Self {
+        ModelConfig { qk_norm: None, ..Self::base(0, 0, 0, 0, 0) }
     }
 
     /// A named preset: the model sizes MiniMind publishes (its README's model table; vocab 6400, tied embeddings).
@@ -237,16 +265,25 @@ impl ModelConfig {
         Ok(c)
     }
 
-    /// Parse a HF `config.json` text and validate it.
+    /// Parse a `config.json` text of any supported family (see [`super::hf`]) and validate it;
+    /// warnings (fields bunmind does not know) are dropped: use [`ModelConfig::import_json_str`].
     pub fn from_json_str(s: &str) -> Result<Self> {
-        let c: ModelConfig = serde_json::from_str(s)
-            .map_err(|e| Error::config(json_field_of(&e), format!("{e}")))?;
-        c.validate()?;
-        Ok(c)
+        Ok(Self::import_json_str(s)?.0)
     }
 
+    /// As [`ModelConfig::from_json_str`], also returning the warnings, each naming its field.
+    pub fn import_json_str(s: &str) -> Result<(Self, Vec<String>)> {
+        let v: serde_json::Value = serde_json::from_str(s).map_err(|e| Error::config("config.json", format!("not valid JSON: {e}")))?;
+        let (c, warnings) = super::hf::import_config(&v)?;
+        c.validate()?;
+        Ok((c, warnings))
+    }
+
+    /// The canonical JSON (model_type `minimind` with bunmind's own keys; read back exactly).
     pub fn to_json_string(&self) -> Result<String> {
         let mut c = self.clone();
+        c.model_type = "minimind".into();
+        c.architectures = vec!["MiniMindForCausalLM".into()];
         c.qk_norm = Some(c.use_qk_norm());
         c.num_key_value_heads = Some(c.kv_heads());
         c.head_dim = Some(c.head_dim());
@@ -272,6 +309,15 @@ impl ModelConfig {
             (None, true) => Some(RopeScaling::default()),
             (None, false) => None,
         }
+    }
+
+    /// The id that fills left padding (masked out, so any in-range id works).
+    pub fn pad_id(&self) -> u32 {
+        self.pad_token_id.unwrap_or(0)
+    }
+    /// Whether any projection carries a bias.
+    pub fn has_bias(&self) -> bool {
+        self.qkv_bias || self.o_bias || self.mlp_bias
     }
 
     /// Checks every constraint the model relies on; the error names the offending field.
@@ -349,7 +395,36 @@ impl ModelConfig {
                 return Err(Error::config("rope_scaling.original_max_position_embeddings", "must be > 0"));
             }
         }
+        if let Some(p) = &self.rope_parameters {
+            if self.rope_scaling.is_some() || self.inference_rope_scaling {
+                return Err(Error::config("rope_parameters", "cannot be combined with MiniMind's rope_scaling / inference_rope_scaling"));
+            }
+            if self.rope_interleaved {
+                return Err(Error::config("rope_parameters", "cannot be combined with rope_interleaved"));
+            }
+            let factor = match p {
+                RopeParameters::Linear { factor } | RopeParameters::Llama3 { factor, .. } | RopeParameters::Yarn { factor, .. } => *factor,
+            };
+            if !(factor > 0.0) {
+                return Err(Error::config("rope_parameters.factor", format!("{factor} must be > 0")));
+            }
+            if let RopeParameters::Llama3 { low_freq_factor, high_freq_factor, original_max_position_embeddings, .. } = p {
+                if !(high_freq_factor > low_freq_factor) {
+                    return Err(Error::config("rope_parameters.high_freq_factor", "must be greater than low_freq_factor"));
+                }
+                if *original_max_position_embeddings == 0 {
+                    return Err(Error::config("rope_parameters.original_max_position_embeddings", "must be > 0"));
+                }
+            }
+            if let RopeParameters::Yarn { original_max_position_embeddings: 0, .. } = p {
+                return Err(Error::config("rope_parameters.original_max_position_embeddings", "must be > 0"));
+            }
+        }
+        if self.use_moe && self.mlp_bias {
+            return Err(Error::config("mlp_bias", "biases on expert projections are not supported"));
+        }
         for (f, id) in [("bos_token_id", self.bos_token_id), ("eos_token_id", self.eos_token_id), ("pad_token_id", self.pad_token_id)] {
+            let Some(id) = id else { continue };
             if id as usize >= self.vocab_size {
                 return Err(Error::config(f, format!("{id} is out of range for vocab_size {}", self.vocab_size)));
             }
@@ -358,13 +433,3 @@ impl ModelConfig {
     }
 }
 
-/// Best effort: pull the field name out of a serde error such as "missing field `hidden_size`".
-fn json_field_of(e: &serde_json::Error) -> String {
-    let msg = e.to_string();
-    if let Some(start) = msg.find('`') {
-        if let Some(len) = msg[start + 1..].find('`') {
-            return msg[start + 1..start + 1 + len].to_string();
-        }
-    }
-    "config.json".into()
-}

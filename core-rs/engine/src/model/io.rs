@@ -1,6 +1,9 @@
-//! Checkpoint IO in Hugging Face layout: `config.json` + `model.safetensors`.
+//! Checkpoint IO in Hugging Face layout: `config.json` + `model.safetensors` (or sharded:
+//! `model.safetensors.index.json` + its shards), and MiniMind's PyTorch `.pth` state dicts.
 //!
-//! Loading converts f32/f16/bf16 weights to f32 and checks the file against the config:
+//! The config may be of any family [`super::hf`] reads; saving writes the native transformers
+//! family that computes the same model ([`super::hf::native_family`]), MiniMind's otherwise.
+//! Loading converts f32/f16/bf16 weights to f32 (with a note) and checks the file against the config:
 //! missing tensors and wrong shapes are errors naming the tensor (expected vs got); tensors that
 //! contradict the config (layer ≥ num_hidden_layers, expert ≥ num_experts, MoE tensors in a dense
 //! config and vice versa) are config errors naming the field; any other extra tensor (e.g. an
@@ -14,20 +17,92 @@ use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarMap;
 
 use super::config::ModelConfig;
+use super::hf::{self, Family};
 use super::params::param_specs;
 use super::transformer::Model;
 use crate::{Error, Result};
 
 pub const CONFIG_FILE: &str = "config.json";
 pub const WEIGHTS_FILE: &str = "model.safetensors";
+pub const WEIGHTS_INDEX_FILE: &str = "model.safetensors.index.json";
 
 pub fn read_config(path: impl AsRef<Path>) -> Result<ModelConfig> {
+    Ok(read_config_with_warnings(path)?.0)
+}
+
+/// The config and the warnings of its import (fields bunmind does not know), each naming the file.
+pub fn read_config_with_warnings(path: impl AsRef<Path>) -> Result<(ModelConfig, Vec<String>)> {
     let path = path.as_ref();
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    ModelConfig::from_json_str(&text).map_err(|e| match e {
+    let (c, w) = ModelConfig::import_json_str(&text).map_err(|e| match e {
         Error::Config { field, msg } => Error::config(field, format!("{msg} (in {})", path.display())),
         e => e,
-    })
+    })?;
+    Ok((c, w.into_iter().map(|w| format!("{}: {w}", path.display())).collect()))
+}
+
+/// The weights of a model directory: `model.safetensors`, or the shards a
+/// `model.safetensors.index.json` lists. PyTorch pickles are refused with the import command.
+pub fn read_dir_weights(dir: &Path, device: &Device) -> Result<HashMap<String, Tensor>> {
+    let single = dir.join(WEIGHTS_FILE);
+    if single.exists() {
+        return read_safetensors(&single, device);
+    }
+    let index = dir.join(WEIGHTS_INDEX_FILE);
+    if index.exists() {
+        let text = std::fs::read_to_string(&index).map_err(|e| Error::io(&index, e))?;
+        let v: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| Error::Other(format!("{}: not valid JSON: {e}", index.display())))?;
+        let map = v.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| {
+            Error::Other(format!("{}: no `weight_map` object (tensor name → shard file)", index.display()))
+        })?;
+        let mut files: Vec<&str> = Vec::new();
+        for (name, f) in map {
+            let f = f.as_str().ok_or_else(|| Error::Other(format!("{}: weight_map.{name} is not a file name", index.display())))?;
+            if !files.contains(&f) {
+                files.push(f);
+            }
+        }
+        let mut all = HashMap::new();
+        for f in files {
+            let shard = read_safetensors(dir.join(f), device)?;
+            all.extend(shard);
+        }
+        if let Some(name) = map.keys().find(|n| !all.contains_key(*n)) {
+            return Err(Error::tensor(name.as_str(), format!("listed in {} but missing from `{}`", index.display(), map[name])));
+        }
+        return Ok(all);
+    }
+    for pickle in ["pytorch_model.bin", "model.pth"] {
+        if dir.join(pickle).exists() {
+            return Err(Error::Other(format!(
+                "{}: PyTorch pickle weights are not read directly; convert them once with `bunmind model import --pth {} --out DIR`",
+                dir.join(pickle).display(),
+                dir.join(pickle).display()
+            )));
+        }
+    }
+    Err(Error::io(&single, std::io::Error::new(std::io::ErrorKind::NotFound, format!("file not found (nor {WEIGHTS_INDEX_FILE})"))))
+}
+
+/// A PyTorch state dict saved with `torch.save` (MiniMind's `.pth`: the dict itself, or a
+/// resume checkpoint holding it under `"model"`), as name → tensor.
+pub fn read_pth(path: &Path, device: &Device) -> Result<HashMap<String, Tensor>> {
+    if !path.exists() {
+        return Err(Error::io(path, std::io::Error::new(std::io::ErrorKind::NotFound, "file not found")));
+    }
+    let read = |key: Option<&str>| candle_core::pickle::read_all_with_key(path, key);
+    let mut tensors = read(None).map_err(|e| Error::Other(format!("{}: cannot read the PyTorch state dict: {e}", path.display())))?;
+    if tensors.is_empty() {
+        tensors = read(Some("model")).unwrap_or_default();
+    }
+    if tensors.is_empty() {
+        return Err(Error::Other(format!("{}: no tensors found (expected a state dict, or a dict with one under \"model\")", path.display())));
+    }
+    tensors
+        .into_iter()
+        .map(|(k, t)| Ok((k.strip_prefix("module.").unwrap_or(&k).to_string(), t.to_device(device)?)))
+        .collect()
 }
 
 /// Reads a safetensors file as name → tensor (stored dtype kept).
@@ -65,6 +140,35 @@ pub(crate) fn write_safetensors_atomic(tensors: &HashMap<String, Tensor>, dtype:
     safetensors::serialize_to_file(conv, Some(meta), &tmp)
         .map_err(|e| Error::Other(format!("{}: cannot write safetensors: {e}", tmp.display())))?;
     std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+}
+
+/// The MiniMind preset whose parameter names and shapes `tensors` has (vocabulary size taken from
+/// the embedding; an `lm_head.weight` equal in shape is allowed when tied, as MiniMind saves both).
+pub fn infer_preset(tensors: &HashMap<String, Tensor>) -> Result<ModelConfig> {
+    let embed = tensors
+        .get("model.embed_tokens.weight")
+        .ok_or_else(|| Error::tensor("model.embed_tokens.weight", "missing: not a MiniMind state dict"))?;
+    let vocab = embed.dims()[0];
+    // Tied unless the file has an lm_head that differs from the embedding.
+    let tied = match tensors.get("lm_head.weight") {
+        None => true,
+        Some(h) => h.dims() == embed.dims() && (h.to_dtype(DType::F32)? - embed.to_dtype(DType::F32)?)?.abs()?.max_all()?.to_scalar::<f32>()? == 0.0,
+    };
+    for name in ModelConfig::PRESETS {
+        let mut cfg = ModelConfig::preset(name)?;
+        cfg.vocab_size = vocab;
+        cfg.tie_word_embeddings = tied;
+        let specs = param_specs(&cfg);
+        let matches = specs.iter().all(|s| tensors.get(&s.name).is_some_and(|t| t.dims() == s.shape.as_slice()))
+            && tensors.keys().all(|k| k == "lm_head.weight" || specs.iter().any(|s| &s.name == k));
+        if matches {
+            return Ok(cfg);
+        }
+    }
+    Err(Error::config(
+        "config",
+        format!("the state dict matches no MiniMind preset ({}); pass --preset or --config", ModelConfig::PRESETS.join(", ")),
+    ))
 }
 
 /// `model.layers.{i}.…` → Some(i)
@@ -118,16 +222,25 @@ impl Model {
     /// (ignored tensors).
     pub fn load_dir(dir: impl AsRef<Path>, device: &Device) -> Result<(Model, Vec<String>)> {
         let dir = dir.as_ref();
-        Self::load(dir.join(CONFIG_FILE), dir.join(WEIGHTS_FILE), device)
+        let (cfg, mut warnings) = read_config_with_warnings(dir.join(CONFIG_FILE))?;
+        let tensors = read_dir_weights(dir, device)?;
+        let (m, w) = Self::from_tensors(cfg, tensors, device).map_err(|e| match e {
+            Error::Tensor { name, msg } => Error::tensor(name, format!("{msg} (in {})", dir.display())),
+            e => e,
+        })?;
+        warnings.extend(w);
+        Ok((m, warnings))
     }
 
     pub fn load(config: impl AsRef<Path>, weights: impl AsRef<Path>, device: &Device) -> Result<(Model, Vec<String>)> {
-        let cfg = read_config(config)?;
+        let (cfg, mut warnings) = read_config_with_warnings(config)?;
         let tensors = read_safetensors(weights.as_ref(), device)?;
-        Self::from_tensors(cfg, tensors, device).map_err(|e| match e {
+        let (m, w) = Self::from_tensors(cfg, tensors, device).map_err(|e| match e {
             Error::Tensor { name, msg } => Error::tensor(name, format!("{msg} (in {})", weights.as_ref().display())),
             e => e,
-        })
+        })?;
+        warnings.extend(w);
+        Ok((m, warnings))
     }
 
     /// Builds a model from named tensors (any float dtype; converted to f32 Vars).
@@ -139,6 +252,9 @@ impl Model {
         let mut names: Vec<&String> = tensors.keys().collect();
         names.sort();
         check_structure(&cfg, &names)?;
+        let mut stored: Vec<String> = tensors.values().map(|t| format!("{:?}", t.dtype()).to_lowercase()).filter(|d| d != "f32").collect();
+        stored.sort();
+        stored.dedup();
         let varmap = VarMap::new();
         {
             let mut data = varmap.data().lock().expect("varmap lock");
@@ -177,6 +293,9 @@ impl Model {
             })
             .collect();
         warnings.sort();
+        if !stored.is_empty() {
+            warnings.push(format!("weights stored as {} were converted to f32 in memory (bunmind computes in f32)", stored.join("/")));
+        }
         Ok((Model::from_varmap(&cfg, varmap, device)?, warnings))
     }
 
@@ -190,14 +309,32 @@ impl Model {
         self.save_dir_as(dir, DType::F32)
     }
 
-    /// As [`Model::save_dir`] with the weights stored as `dtype` (F32, F16 or BF16).
+    /// As [`Model::save_dir`] with the weights stored as `dtype` (F32, F16 or BF16), in the
+    /// native transformers family when one computes this model, else MiniMind's.
     pub fn save_dir_as(&self, dir: impl AsRef<Path>, dtype: DType) -> Result<()> {
-        if !matches!(dtype, DType::F32 | DType::F16 | DType::BF16) {
-            return Err(Error::input(format!("cannot save weights as {dtype:?}; use f32, f16 or bf16")));
-        }
+        self.save_dir_family(dir, dtype, None).map(|_| ())
+    }
+
+    /// Saves with the config in `family`'s format (`None`: [`hf::native_family`], falling back to
+    /// MiniMind's); an explicit family that cannot hold the model is an error naming the feature.
+    pub fn save_dir_family(&self, dir: impl AsRef<Path>, dtype: DType, family: Option<Family>) -> Result<Family> {
+        let dt = match dtype {
+            DType::F32 => "float32",
+            DType::F16 => "float16",
+            DType::BF16 => "bfloat16",
+            _ => return Err(Error::input(format!("cannot save weights as {dtype:?}; use f32, f16 or bf16"))),
+        };
+        let family = match family {
+            Some(f) => f,
+            None => hf::native_family(&self.cfg).unwrap_or(Family::MiniMind),
+        };
+        let config = hf::export_config(&self.cfg, family, dt)?;
         let dir = dir.as_ref();
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         write_safetensors_atomic(&self.state_dict(), dtype, &dir.join(WEIGHTS_FILE))?;
-        write_atomic(&dir.join(CONFIG_FILE), self.cfg.to_json_string()?.as_bytes())
+        // A sharded index left by an earlier save would shadow nothing but confuse other tools.
+        let _ = std::fs::remove_file(dir.join(WEIGHTS_INDEX_FILE));
+        write_atomic(&dir.join(CONFIG_FILE), serde_json::to_string_pretty(&config)?.as_bytes())?;
+        Ok(family)
     }
 }

@@ -1,4 +1,4 @@
-//! A bias-free linear layer `y = x Wᵀ` with an optional LoRA adapter
+//! A linear layer `y = x Wᵀ (+ b)` with an optional LoRA adapter
 //! `y += (alpha/r) · B(A(dropout(x)))`.
 use candle_core::Tensor;
 
@@ -19,6 +19,7 @@ pub struct Linear {
     /// HF module name without `.weight`, e.g. `model.layers.0.self_attn.q_proj`.
     pub(crate) name: String,
     pub(crate) weight: Tensor, // [out, in]
+    pub(crate) bias: Option<Tensor>, // [out]
     pub(crate) lora: Option<LoraLinear>,
 }
 
@@ -42,7 +43,12 @@ pub(crate) fn matmul_t(x: &Tensor, w: &Tensor) -> Result<Tensor> {
 
 impl Linear {
     pub fn new(name: impl Into<String>, weight: Tensor) -> Self {
-        Linear { name: name.into(), weight, lora: None }
+        Linear { name: name.into(), weight, bias: None, lora: None }
+    }
+
+    pub fn with_bias(mut self, bias: Option<Tensor>) -> Self {
+        self.bias = bias;
+        self
     }
 
     pub fn name(&self) -> &str {
@@ -65,7 +71,10 @@ impl Linear {
     /// dtype (the f32 master weights stay as they are) and so is the output.
     pub fn forward(&self, x: &Tensor, ctx: &mut ForwardCtx) -> Result<Tensor> {
         let x = &ctx.cast(x)?;
-        let y = matmul_t(x, &ctx.cast(&self.weight)?)?;
+        let mut y = matmul_t(x, &ctx.cast(&self.weight)?)?;
+        if let Some(b) = &self.bias {
+            y = y.broadcast_add(&ctx.cast(b)?)?;
+        }
         match &self.lora {
             None => Ok(y),
             Some(l) => {

@@ -13,6 +13,7 @@ pub mod attention;
 pub mod cache;
 pub mod config;
 pub mod dropout;
+pub mod hf;
 pub mod io;
 pub mod linear;
 pub mod lora;
@@ -26,7 +27,8 @@ pub mod transformer;
 mod wasm_matmul;
 
 pub use cache::Cache;
-pub use config::{ModelConfig, RopeScaling};
+pub use config::{ModelConfig, RopeParameters, RopeScaling};
+pub use hf::Family;
 pub use dropout::{DropoutSource, SeededDropout};
 pub use lora::{LoraAdapters, LoraConfig};
 pub use params::{count_parameters, param_specs, ParamKind, ParamSpec};

@@ -2,7 +2,7 @@
 //!
 //! Init (upstream: HF `PreTrainedModel._init_weights` with `initializer_range` 0.02, the same as the
 //! seed v1's `_init_weights`): every Linear weight and the embedding ~ N(0, 0.02²); RMSNorm weights
-//! = 1. Drawn in list order from one [`Rng`] seeded by the caller: same seed → same weights.
+//! = 1, biases = 0. Drawn in list order from one [`Rng`] seeded by the caller: same seed → same weights.
 use candle_core::{Device, Tensor, Var};
 use candle_nn::VarMap;
 
@@ -19,12 +19,14 @@ pub enum ParamKind {
     /// The MoE router `mlp.gate.weight`.
     Router,
     Norm,
+    /// A projection's bias (zero-initialised, as `nn.Linear` biases in transformers' init).
+    Bias,
 }
 
 impl ParamKind {
-    /// AdamW weight decay applies to matrices, not to norm gains.
+    /// AdamW weight decay applies to matrices, not to norm gains or biases.
     pub fn weight_decay(self) -> bool {
-        !matches!(self, ParamKind::Norm)
+        !matches!(self, ParamKind::Norm | ParamKind::Bias)
     }
 }
 
@@ -39,10 +41,18 @@ fn spec(name: String, shape: Vec<usize>, kind: ParamKind) -> ParamSpec {
     ParamSpec { name, shape, kind }
 }
 
-fn mlp_specs(out: &mut Vec<ParamSpec>, prefix: &str, hidden: usize, ffn: usize) {
-    out.push(spec(format!("{prefix}.gate_proj.weight"), vec![ffn, hidden], ParamKind::Linear));
-    out.push(spec(format!("{prefix}.up_proj.weight"), vec![ffn, hidden], ParamKind::Linear));
-    out.push(spec(format!("{prefix}.down_proj.weight"), vec![hidden, ffn], ParamKind::Linear));
+/// `{prefix}.weight` [out, in], then `{prefix}.bias` [out] when `bias`.
+fn linear_specs(out: &mut Vec<ParamSpec>, prefix: String, o: usize, i: usize, bias: bool) {
+    out.push(spec(format!("{prefix}.weight"), vec![o, i], ParamKind::Linear));
+    if bias {
+        out.push(spec(format!("{prefix}.bias"), vec![o], ParamKind::Bias));
+    }
+}
+
+fn mlp_specs(out: &mut Vec<ParamSpec>, prefix: &str, hidden: usize, ffn: usize, bias: bool) {
+    linear_specs(out, format!("{prefix}.gate_proj"), ffn, hidden, bias);
+    linear_specs(out, format!("{prefix}.up_proj"), ffn, hidden, bias);
+    linear_specs(out, format!("{prefix}.down_proj"), hidden, ffn, bias);
 }
 
 /// Every parameter the config implies, in a fixed order (HF names).
@@ -53,10 +63,10 @@ pub fn param_specs(cfg: &ModelConfig) -> Vec<ParamSpec> {
     for i in 0..cfg.num_hidden_layers {
         let p = format!("model.layers.{i}");
         out.push(spec(format!("{p}.input_layernorm.weight"), vec![h], ParamKind::Norm));
-        out.push(spec(format!("{p}.self_attn.q_proj.weight"), vec![nh * hd, h], ParamKind::Linear));
-        out.push(spec(format!("{p}.self_attn.k_proj.weight"), vec![nkv * hd, h], ParamKind::Linear));
-        out.push(spec(format!("{p}.self_attn.v_proj.weight"), vec![nkv * hd, h], ParamKind::Linear));
-        out.push(spec(format!("{p}.self_attn.o_proj.weight"), vec![h, nh * hd], ParamKind::Linear));
+        linear_specs(&mut out, format!("{p}.self_attn.q_proj"), nh * hd, h, cfg.qkv_bias);
+        linear_specs(&mut out, format!("{p}.self_attn.k_proj"), nkv * hd, h, cfg.qkv_bias);
+        linear_specs(&mut out, format!("{p}.self_attn.v_proj"), nkv * hd, h, cfg.qkv_bias);
+        linear_specs(&mut out, format!("{p}.self_attn.o_proj"), h, nh * hd, cfg.o_bias);
         if cfg.use_qk_norm() {
             out.push(spec(format!("{p}.self_attn.q_norm.weight"), vec![hd], ParamKind::Norm));
             out.push(spec(format!("{p}.self_attn.k_norm.weight"), vec![hd], ParamKind::Norm));
@@ -65,13 +75,13 @@ pub fn param_specs(cfg: &ModelConfig) -> Vec<ParamSpec> {
         if cfg.use_moe {
             out.push(spec(format!("{p}.mlp.gate.weight"), vec![cfg.num_experts, h], ParamKind::Router));
             for e in 0..cfg.num_experts {
-                mlp_specs(&mut out, &format!("{p}.mlp.experts.{e}"), h, cfg.expert_ffn_size());
+                mlp_specs(&mut out, &format!("{p}.mlp.experts.{e}"), h, cfg.expert_ffn_size(), false);
             }
             for s in 0..cfg.n_shared_experts {
-                mlp_specs(&mut out, &format!("{p}.mlp.shared_experts.{s}"), h, cfg.expert_ffn_size());
+                mlp_specs(&mut out, &format!("{p}.mlp.shared_experts.{s}"), h, cfg.expert_ffn_size(), false);
             }
         } else {
-            mlp_specs(&mut out, &format!("{p}.mlp"), h, cfg.intermediate_size);
+            mlp_specs(&mut out, &format!("{p}.mlp"), h, cfg.intermediate_size, cfg.mlp_bias);
         }
     }
     out.push(spec("model.norm.weight".into(), vec![h], ParamKind::Norm));
@@ -96,6 +106,7 @@ pub fn init_varmap(cfg: &ModelConfig, seed: u64, dev: &Device) -> Result<VarMap>
             let n: usize = s.shape.iter().product();
             let vals = match s.kind {
                 ParamKind::Norm => vec![1f32; n],
+                ParamKind::Bias => vec![0f32; n],
                 _ => rng.normal_vec(n, INIT_STD),
             };
             let t = Tensor::from_vec(vals, s.shape.as_slice(), dev)?;

@@ -77,9 +77,18 @@ pub struct Model {
 }
 
 fn linear(vb: &VarBuilder, out: usize, inp: usize, name: &str) -> Result<Linear> {
+    linear_b(vb, out, inp, name, false)
+}
+
+fn linear_b(vb: &VarBuilder, out: usize, inp: usize, name: &str, bias: bool) -> Result<Linear> {
     let vb = vb.pp(name);
     let w = vb.get((out, inp), "weight").map_err(|e| Error::tensor(format!("{}.weight", vb.prefix()), e.to_string()))?;
-    Ok(Linear::new(vb.prefix(), w))
+    let b = if bias {
+        Some(vb.get(out, "bias").map_err(|e| Error::tensor(format!("{}.bias", vb.prefix()), e.to_string()))?)
+    } else {
+        None
+    };
+    Ok(Linear::new(vb.prefix(), w).with_bias(b))
 }
 
 fn rms(vb: &VarBuilder, dim: usize, name: &str, eps: f64) -> Result<RmsNorm> {
@@ -88,11 +97,11 @@ fn rms(vb: &VarBuilder, dim: usize, name: &str, eps: f64) -> Result<RmsNorm> {
     Ok(RmsNorm::new(w, eps))
 }
 
-fn mlp(vb: &VarBuilder, hidden: usize, ffn: usize) -> Result<Mlp> {
+fn mlp(vb: &VarBuilder, hidden: usize, ffn: usize, bias: bool) -> Result<Mlp> {
     Ok(Mlp {
-        gate_proj: linear(vb, ffn, hidden, "gate_proj")?,
-        up_proj: linear(vb, ffn, hidden, "up_proj")?,
-        down_proj: linear(vb, hidden, ffn, "down_proj")?,
+        gate_proj: linear_b(vb, ffn, hidden, "gate_proj", bias)?,
+        up_proj: linear_b(vb, ffn, hidden, "up_proj", bias)?,
+        down_proj: linear_b(vb, hidden, ffn, "down_proj", bias)?,
     })
 }
 
@@ -132,10 +141,10 @@ impl Model {
                 (None, None)
             };
             let self_attn = Attention {
-                q_proj: linear(&vba, nh * hd, h, "q_proj")?,
-                k_proj: linear(&vba, nkv * hd, h, "k_proj")?,
-                v_proj: linear(&vba, nkv * hd, h, "v_proj")?,
-                o_proj: linear(&vba, h, nh * hd, "o_proj")?,
+                q_proj: linear_b(&vba, nh * hd, h, "q_proj", cfg.qkv_bias)?,
+                k_proj: linear_b(&vba, nkv * hd, h, "k_proj", cfg.qkv_bias)?,
+                v_proj: linear_b(&vba, nkv * hd, h, "v_proj", cfg.qkv_bias)?,
+                o_proj: linear_b(&vba, h, nh * hd, "o_proj", cfg.o_bias)?,
                 q_norm,
                 k_norm,
                 n_heads: nh,
@@ -148,16 +157,16 @@ impl Model {
                 let ffn = cfg.expert_ffn_size();
                 FeedForward::Moe(MoeMlp {
                     gate: vbf.pp("gate").get((cfg.num_experts, h), "weight")?,
-                    experts: (0..cfg.num_experts).map(|e| mlp(&vbf.pp("experts").pp(e), h, ffn)).collect::<Result<_>>()?,
+                    experts: (0..cfg.num_experts).map(|e| mlp(&vbf.pp("experts").pp(e), h, ffn, false)).collect::<Result<_>>()?,
                     shared_experts: (0..cfg.n_shared_experts)
-                        .map(|e| mlp(&vbf.pp("shared_experts").pp(e), h, ffn))
+                        .map(|e| mlp(&vbf.pp("shared_experts").pp(e), h, ffn, false))
                         .collect::<Result<_>>()?,
                     top_k: cfg.num_experts_per_tok,
                     norm_topk_prob: cfg.norm_topk_prob,
                     aux_loss_coef: cfg.router_aux_loss_coef,
                 })
             } else {
-                FeedForward::Dense(mlp(&vbf, h, cfg.intermediate_size)?)
+                FeedForward::Dense(mlp(&vbf, h, cfg.intermediate_size, cfg.mlp_bias)?)
             };
             layers.push(Block {
                 input_layernorm: rms(&vbl, h, "input_layernorm", eps)?,
