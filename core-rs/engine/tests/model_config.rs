@@ -54,17 +54,41 @@ fn json_round_trip_and_hf_fields() {
         assert_eq!(back.use_qk_norm(), cfg.use_qk_norm());
         assert_eq!(count_parameters(&back), count_parameters(&cfg), "{name}");
     }
-    // An upstream-style config: extra keys ignored, eos as a list, qwen3 implies QK-norm.
+    // An upstream MiniMind config: its extra keys are known (no warning), eos as a list keeps the first.
     let text = r#"{"hidden_size": 768, "num_hidden_layers": 8, "num_attention_heads": 8,
         "num_key_value_heads": 4, "intermediate_size": 2432, "vocab_size": 6400, "hidden_act": "silu",
-        "flash_attn": true, "eos_token_id": [2, 0], "model_type": "qwen3", "rope_theta": 1000000.0}"#;
-    let cfg = ModelConfig::from_json_str(text).unwrap();
+        "flash_attn": true, "eos_token_id": [2, 0], "model_type": "minimind", "rope_theta": 1000000.0,
+        "qk_norm": true}"#;
+    let (cfg, warnings) = ModelConfig::import_json_str(text).unwrap();
+    assert!(warnings.is_empty(), "{warnings:?}");
     assert!(cfg.use_qk_norm());
-    assert_eq!(cfg.eos_token_id, 2);
+    assert_eq!(cfg.eos_token_id, Some(2));
     assert_eq!(count_parameters(&cfg), count_parameters(&ModelConfig::preset("minimind-3").unwrap()));
     // Upstream's inference_rope_scaling switch turns on the default YaRN parameters.
     let cfg = ModelConfig::from_json_str(&text.replace("\"flash_attn\": true", "\"inference_rope_scaling\": true")).unwrap();
     assert_eq!(cfg.effective_rope_scaling().unwrap().factor, 16.0);
+    // The same sizes as transformers' Qwen3: q/k-norm always, untied by default, `flash_attn` unknown there.
+    let (q, warnings) = ModelConfig::import_json_str(&text.replace("\"minimind\"", "\"qwen3\"").replace("\"qk_norm\": true", "\"use_cache\": true")).unwrap();
+    assert!(q.use_qk_norm() && !q.tie_word_embeddings);
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(warnings[0].contains("`flash_attn`"), "{warnings:?}");
+}
+
+#[test]
+fn minimind_v2_router_fields() {
+    // MiniMind v2 names the router settings n_routed_experts / aux_loss_alpha and renormalises the
+    // kept weights only for k > 1.
+    let v2 = r#"{"hidden_size": 640, "num_hidden_layers": 8, "num_attention_heads": 8, "num_key_value_heads": 2,
+        "intermediate_size": 1728, "use_moe": true, "n_routed_experts": 4, "num_experts_per_tok": 1,
+        "n_shared_experts": 1, "norm_topk_prob": true, "aux_loss_alpha": 0.1, "scoring_func": "softmax",
+        "seq_aux": true, "model_type": "minimind"}"#;
+    let (c, warnings) = ModelConfig::import_json_str(v2).unwrap();
+    assert_eq!((c.num_experts, c.n_shared_experts, c.router_aux_loss_coef, c.norm_topk_prob), (4, 1, 0.1, false));
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(warnings[0].contains("`seq_aux`"));
+    let k2 = ModelConfig::from_json_str(&v2.replace("\"num_experts_per_tok\": 1", "\"num_experts_per_tok\": 2")).unwrap();
+    assert!(k2.norm_topk_prob);
+    assert_eq!(field_of(ModelConfig::from_json_str(&v2.replace("\"softmax\"", "\"sigmoid\""))), "scoring_func");
 }
 
 fn field_of(r: Result<ModelConfig, Error>) -> String {
@@ -88,7 +112,7 @@ fn validation_names_the_field() {
     assert_eq!(bad(&|c| c.vocab_size = 0), "vocab_size");
     assert_eq!(bad(&|c| c.dropout = 1.5), "dropout");
     assert_eq!(bad(&|c| { c.use_moe = true; c.num_experts_per_tok = 5 }), "num_experts_per_tok");
-    assert_eq!(bad(&|c| c.eos_token_id = 99999), "eos_token_id");
+    assert_eq!(bad(&|c| c.eos_token_id = Some(99999)), "eos_token_id");
     assert_eq!(bad(&|c| c.rope_scaling = Some(bunmind_engine::model::RopeScaling { r#type: "linear".into(), ..Default::default() })), "rope_scaling.type");
     let missing = ModelConfig::from_json_str(r#"{"num_hidden_layers": 2}"#);
     assert_eq!(field_of(missing), "hidden_size");
