@@ -3,7 +3,9 @@ import { existsSync } from "node:fs"
 import { join } from "node:path"
 import { Effect, Option } from "effect"
 import { Command, Flag } from "effect/cli"
-import { initModel, loadModel, PRESETS } from "../model/model.ts"
+import { importPth, initModel, loadModel, PRESETS } from "../model/model.ts"
+import { writeHfExtras } from "../export/hf.ts"
+import { readFileSync } from "node:fs"
 import { DEFAULT_GENERATION, streamText } from "../model/generate.ts"
 import { loadTokenizer } from "../tokenizer/tokenizer.ts"
 import { applyChatTemplate, loadTokenizerConfig } from "../tokenizer/chat-template.ts"
@@ -28,6 +30,7 @@ const init = Command.make(
     out: Flag.String("out").pipe(Flag.withDescription("output directory (config.json + model.safetensors)")),
     seed: Flag.Int("seed").pipe(Flag.withDefault(42)),
     vocabSize: Flag.Int("vocab-size").pipe(Flag.optional, Flag.withDescription("override the preset's vocabulary size (match your tokenizer)")),
+    tokenizer: Flag.String("tokenizer").pipe(Flag.optional, Flag.withDescription("tokenizer.json or dir to put beside the model (its vocabulary size is used unless --vocab-size)")),
     device: deviceFlag,
   },
   (a) =>
@@ -38,9 +41,14 @@ const init = Command.make(
       const device = yield* parseDevice(a.device)
       const cfg: Record<string, unknown> = { preset: a.preset }
       if (Option.isSome(a.vocabSize)) cfg.vocab_size = a.vocabSize.value
+      else if (Option.isSome(a.tokenizer)) {
+        const tok = yield* loadTokenizer(a.tokenizer.value)
+        cfg.vocab_size = tok.vocabSize
+      }
       const m = yield* initModel(cfg, a.seed, device)
-      m.save(a.out)
-      console.log(`${a.out}: ${a.preset}, ${(m.info().num_parameters / 1e6).toFixed(2)}M parameters (seed ${a.seed})`)
+      const family = m.saveHf(a.out)
+      if (Option.isSome(a.tokenizer)) writeHfExtras(a.out, m, a.tokenizer.value, family)
+      console.log(`${a.out}: ${a.preset} as ${family}, ${(m.info().num_parameters / 1e6).toFixed(2)}M parameters (seed ${a.seed})`)
     }).pipe(Effect.scoped),
 ).pipe(Command.withDescription("create a randomly initialised model (MiniMind's init scheme) as an HF checkpoint"))
 
@@ -76,9 +84,39 @@ const logits = Command.make(
     }).pipe(Effect.scoped),
 ).pipe(Command.withDescription("print the last position's logits for a token sequence as one JSON array"))
 
+const importCmd = Command.make(
+  "import",
+  {
+    pth: Flag.String("pth").pipe(Flag.withDescription("PyTorch state dict saved with torch.save (MiniMind's .pth: the dict, or a resume checkpoint's \"model\")")),
+    out: Flag.String("out").pipe(Flag.withDescription("output model directory (HF layout)")),
+    preset: Flag.String("preset").pipe(Flag.optional, Flag.withDescription(`the model's preset (default: the one whose tensor shapes match): ${PRESETS.join(", ")}`)),
+    config: Flag.String("config").pipe(Flag.optional, Flag.withDescription("a config.json describing the model instead of a preset")),
+    tokenizer: Flag.String("tokenizer").pipe(Flag.optional, Flag.withDescription("tokenizer.json or dir to put beside the model")),
+    dtype: Flag.Literals("dtype", ["f32", "bf16", "f16"] as const).pipe(Flag.withDefault("f32" as const)),
+  },
+  (a) =>
+    Effect.gen(function* () {
+      if (Option.isSome(a.preset) && Option.isSome(a.config)) return yield* Effect.fail(new UsageError({ message: "give --preset or --config, not both" }))
+      if (Option.isSome(a.preset) && !PRESETS.includes(a.preset.value as never)) {
+        return yield* Effect.fail(new UsageError({ message: `--preset ${a.preset.value}: unknown preset; choose one of ${PRESETS.join(", ")}` }))
+      }
+      let cfg: Record<string, unknown> = {}
+      if (Option.isSome(a.preset)) cfg = { preset: a.preset.value }
+      if (Option.isSome(a.config)) {
+        const path = a.config.value
+        cfg = yield* Effect.try({ try: () => JSON.parse(readFileSync(path, "utf8")), catch: (e) => new UsageError({ message: `--config ${path}: ${(e as Error).message}` }) })
+      }
+      const m = yield* importPth(a.pth, cfg)
+      const family = m.saveHf(a.out, a.dtype)
+      if (Option.isSome(a.tokenizer)) writeHfExtras(a.out, m, a.tokenizer.value, family)
+      for (const w of m.info().warnings) console.error(`warning: ${w}`)
+      console.log(`${a.out}: ${(m.info().num_parameters / 1e6).toFixed(2)}M parameters from ${a.pth}, saved as ${family}`)
+    }).pipe(Effect.scoped),
+).pipe(Command.withDescription("convert a PyTorch .pth state dict (MiniMind's checkpoints) into a model directory"))
+
 export const modelCommand = Command.make("model").pipe(
-  Command.withDescription("create and inspect models (MiniMind presets, HF config.json + model.safetensors)"),
-  Command.withSubcommands([init, info, logits]),
+  Command.withDescription("create, convert and inspect models (MiniMind presets; Llama, Qwen2, Qwen3, Qwen3-MoE and MiniMind config.json + safetensors)"),
+  Command.withSubcommands([init, importCmd, info, logits]),
 )
 
 /** The tokenizer for a model: `--tokenizer`, else the model directory, else its parent (run dirs). */

@@ -11,6 +11,7 @@
  * checkpoint of the last completed step, so `--resume` continues with the same data order,
  * optimizer state and RNG, and reproduces the uninterrupted loss sequence exactly.
  */
+import { publishHf } from "../export/hf.ts"
 import { appendFileSync, existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs"
 import { join, resolve } from "node:path"
 import { Data, Effect, Exit } from "effect"
@@ -566,17 +567,15 @@ export const runStageHere = (o: StageOptions) =>
     } else {
       model.save(modelDir)
     }
-    copyTokenizer(o.tokenizer, modelDir)
     bar.finish(`done: ${step} steps, loss ${fmtNum(last?.loss ?? NaN)}${lastEval !== undefined ? `, eval ${fmtNum(lastEval)}` : ""}, model → ${modelDir}`)
     const s = summary()
     writeJson(join(stageDir, "summary.json"), s)
+    // Tokenizer, generation_config.json and a model card: the folder a user pushes to the Hub.
+    publishHf(modelDir, o.tokenizer)
     return s
   }).pipe(Effect.scoped)
 
-/** Copies tokenizer.json (+ tokenizer_config.json) next to a published model, so it is self-contained. */
+/** Tokenizer files, generation_config.json and a model card next to a model bunmind saved (see `publishHf`). */
 export function copyTokenizer(tokenizer: string, dir: string): void {
-  const src = existsSync(join(tokenizer, "tokenizer.json")) ? tokenizer : resolve(tokenizer, "..")
-  for (const f of ["tokenizer.json", "tokenizer_config.json"]) {
-    if (existsSync(join(src, f))) writeFileSync(join(dir, f), readFileSync(join(src, f)))
-  }
+  publishHf(dir, tokenizer)
 }
