@@ -310,8 +310,14 @@ pub unsafe extern "C" fn bm_model_import_pth(path: *const u8, len: usize, config
         let text = str_arg(config, config_len, "config")?;
         let dev = device()?;
         let tensors = bunmind_engine::model::io::read_pth(path, &dev)?;
+        let mut notes = Vec::new();
         let cfg = if text.trim().is_empty() || text.trim() == "{}" {
-            bunmind_engine::model::io::infer_preset(&tensors).map_err(FfiError::from)?
+            let (name, cfg) = bunmind_engine::model::io::infer_preset(&tensors).map_err(FfiError::from)?;
+            notes.push(format!(
+                "no config given: the tensors match preset `{name}`, whose settings (rms_norm_eps {}, rope_theta {}, context {}) are assumed; pass --config if the model was trained otherwise",
+                cfg.rms_norm_eps, cfg.rope_theta, cfg.max_position_embeddings
+            ));
+            cfg
         } else {
             config_from_json(text)?
         };
@@ -320,6 +326,7 @@ pub unsafe extern "C" fn bm_model_import_pth(path: *const u8, len: usize, config
             e => e,
         })?;
         warnings.retain(|w| !w.contains("lm_head.weight"));
+        warnings.extend(notes);
         write_out(out, handles::insert(Kind::Model, ModelEntry::new(m, warnings)), "out")?;
         Ok(BM_OK)
     })

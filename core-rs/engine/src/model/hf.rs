@@ -497,7 +497,10 @@ fn minimind_yarn_as_hf(cfg: &ModelConfig) -> std::result::Result<Option<RopePara
     };
     let mine = super::rope::Rope::new(cfg);
     let theirs = super::rope::Rope::new(&ModelConfig { rope_scaling: None, inference_rope_scaling: false, rope_parameters: Some(hf.clone()), ..cfg.clone() });
-    if mine.inference_frequencies() == theirs.inference_frequencies() {
+    // Same formula, different order of operations: equal to a few ulps.
+    let (a, b) = (mine.inference_frequencies(), theirs.inference_frequencies());
+    let close = a.1 == b.1 && a.0.iter().zip(&b.0).all(|(x, y)| (x - y).abs() <= 1e-6 * x.abs().max(y.abs()));
+    if close {
         Ok(Some(hf))
     } else {
         Err("MiniMind's YaRN (rope_scaling) differs from transformers' yarn for this head size".into())

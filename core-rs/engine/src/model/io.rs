@@ -144,7 +144,7 @@ pub(crate) fn write_safetensors_atomic(tensors: &HashMap<String, Tensor>, dtype:
 
 /// The MiniMind preset whose parameter names and shapes `tensors` has (vocabulary size taken from
 /// the embedding; an `lm_head.weight` equal in shape is allowed when tied, as MiniMind saves both).
-pub fn infer_preset(tensors: &HashMap<String, Tensor>) -> Result<ModelConfig> {
+pub fn infer_preset(tensors: &HashMap<String, Tensor>) -> Result<(&'static str, ModelConfig)> {
     let embed = tensors
         .get("model.embed_tokens.weight")
         .ok_or_else(|| Error::tensor("model.embed_tokens.weight", "missing: not a MiniMind state dict"))?;
@@ -162,7 +162,7 @@ pub fn infer_preset(tensors: &HashMap<String, Tensor>) -> Result<ModelConfig> {
         let matches = specs.iter().all(|s| tensors.get(&s.name).is_some_and(|t| t.dims() == s.shape.as_slice()))
             && tensors.keys().all(|k| k == "lm_head.weight" || specs.iter().any(|s| &s.name == k));
         if matches {
-            return Ok(cfg);
+            return Ok((name, cfg));
         }
     }
     Err(Error::config(
