@@ -9,7 +9,8 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test"
 import { cpSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs"
 import { join } from "node:path"
 import { openModelSync, type Model } from "../src/model/model.ts"
-import { repo } from "./helpers/cli.ts"
+import { generateDemoData, writeDemoData } from "../src/demo/facts.ts"
+import { cli, repo, shared } from "./helpers/cli.ts"
 
 const out = join(repo, "tests", ".out", "interop-hf")
 let cases: string[] = []
@@ -151,4 +152,26 @@ json.dump(d, open(sys.argv[2], "w"))`,
       expect(err).toContain(`\`${field}\``)
     }
   })
+
+  test("an imported model trains (SFT, LoRA, DPO) and generates through the CLI, as a user would", () => {
+    const data = join(out, "data")
+    writeDemoData(data, generateDemoData({ seed: 2, entities: 8, biosPerEntity: 2, echoChats: 8, chitchatRepeats: 1 }))
+    const tok = join(shared, "minimind")
+    for (const c of ["qwen2_mm", "llama_llama3_mm"]) {
+      const run = join(out, `run-${c}`)
+      const common = ["--run-dir", run, "--tokenizer", tok, "--batch-size", "4", "--seq-len", "96", "--eval-fraction", "0"]
+      const sft = cli(["train", "sft", ...common, "--init", join(out, c), "--data", join(data, "sft.jsonl"), "--steps", "3"])
+      expect(sft.code).toBe(0)
+      const published = JSON.parse(readFileSync(join(run, "sft", "model", "config.json"), "utf8"))
+      expect(published.model_type).toBe(c.startsWith("qwen2") ? "qwen2" : "llama")
+      if (c.startsWith("llama")) expect(published.rope_parameters.rope_type).toBe("llama3")
+      const lora = cli(["train", "lora", ...common, "--data", join(data, "sft.jsonl"), "--steps", "2"])
+      expect(lora.code).toBe(0)
+      const dpo = cli(["train", "dpo", ...common, "--init", join(run, "sft", "model"), "--data", join(data, "dpo.jsonl"), "--steps", "2"])
+      expect(dpo.code).toBe(0)
+      const gen = cli(["generate", "--model", join(run, "dpo", "model"), "--prompt", "你好", "--temperature", "0", "--max-new-tokens", "8"])
+      expect(gen.code).toBe(0)
+      expect(gen.stderr).toMatch(/\[\d+ tokens, finish: /)
+    }
+  }, 600_000)
 })

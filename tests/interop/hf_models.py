@@ -43,6 +43,10 @@ CASES = {
                                        head_dim=16, rope_parameters=rope(10000.0))),
     "qwen3_moe_norm": (Qwen3MoeConfig, dict(moe_intermediate_size=32, num_experts=4, num_experts_per_tok=2, norm_topk_prob=True,
                                             head_dim=16, rope_parameters=rope(10000.0))),
+    # MiniMind's vocabulary: trained and chatted with in the tests, through the CLI.
+    "qwen2_mm": (Qwen2Config, dict(vocab_size=6400, rope_parameters=rope(1000000.0))),
+    "llama_llama3_mm": (LlamaConfig, dict(vocab_size=6400, rope_parameters=rope(10000.0, rope_type="llama3", factor=8.0, low_freq_factor=1.0,
+                                                                             high_freq_factor=4.0, original_max_position_embeddings=64))),
 }
 
 
