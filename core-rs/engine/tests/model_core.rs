@@ -46,7 +46,15 @@ fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
 const SEQ: [&[u32]; 2] = [&[1, 5, 77, 200, 3, 9, 9, 150], &[4, 4, 299, 0, 13, 60, 2, 1]];
 
 fn all_configs() -> Vec<ModelConfig> {
-    vec![cfg(false, false, false, true), cfg(false, true, false, false), cfg(false, false, true, true), cfg(true, true, false, true)]
+    let mut biased = cfg(false, false, false, false);
+    (biased.qkv_bias, biased.o_bias, biased.mlp_bias) = (true, true, true);
+    biased.rope_parameters = Some(bunmind_engine::model::RopeParameters::Llama3 {
+        factor: 8.0,
+        low_freq_factor: 1.0,
+        high_freq_factor: 4.0,
+        original_max_position_embeddings: 16,
+    });
+    vec![cfg(false, false, false, true), cfg(false, true, false, false), cfg(false, false, true, true), cfg(true, true, false, true), biased]
 }
 
 #[test]

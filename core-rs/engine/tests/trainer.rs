@@ -69,6 +69,23 @@ fn grad_check(cfg: ModelConfig) {
 }
 
 #[test]
+fn every_parameter_gradient_matches_finite_differences_biases_and_hf_rope() {
+    // Imported-model features: q/k/v/o and MLP biases (Llama attention_bias + mlp_bias) and
+    // transformers' YaRN, which (unlike MiniMind's) applies to the training forward too.
+    let mut c = tiny(false, false);
+    (c.qkv_bias, c.o_bias, c.mlp_bias) = (true, true, true);
+    c.rope_parameters = Some(bunmind_engine::model::RopeParameters::Yarn {
+        factor: 4.0,
+        original_max_position_embeddings: 16,
+        beta_fast: 32.0,
+        beta_slow: 1.0,
+        attention_factor: 1.1386,
+        truncate: true,
+    });
+    grad_check(c);
+}
+
+#[test]
 fn every_parameter_gradient_matches_finite_differences_dense() {
     grad_check(tiny(false, false));
 }
