@@ -101,6 +101,7 @@ export function exportGguf(opts: GgufExportOptions): GgufExportResult {
         type: opts.type ?? "f32",
         name: opts.name ?? basename(resolve(opts.model)),
         tokenizer: tokFile,
+        source: opts.model,
         // transformers' precedence (chat_template.jinja over the JSON field), as bunmind's chat uses it.
         ...(tcfg ? { chat_template: tcfg.chatTemplate } : {}),
       }),

@@ -175,7 +175,7 @@ fn written_file_reads_back_with_metadata_shapes_and_weights() {
     std::fs::create_dir_all(&dir).unwrap();
     let out = dir.join("m.gguf");
     let tok = GgufTokenizer { json: byte_level_tokenizer(3), config: None, chat_template: Some("{{ messages }}".into()), source: "inline".into() };
-    let report = export_gguf(&m, &GgufOptions { ty: GgufType::F32, name: "t".into(), tokenizer: tok }, &out).unwrap();
+    let report = export_gguf(&m, &GgufOptions { ty: GgufType::F32, name: "t".into(), tokenizer: tok, source: String::new() }, &out).unwrap();
     assert_eq!(report.architecture, GgufArch::Qwen3);
     assert!(!out.with_extension("gguf.tmp").exists());
     let mut f = std::fs::File::open(&out).unwrap();
@@ -209,7 +209,7 @@ fn written_file_reads_back_with_metadata_shapes_and_weights() {
     // q8_0 falls back to f16 for rows that are not a multiple of 32 and says so; nothing else changes.
     let out8 = dir.join("m8.gguf");
     let tok = GgufTokenizer { json: byte_level_tokenizer(3), config: None, chat_template: None, source: "inline".into() };
-    let r8 = export_gguf(&m, &GgufOptions { ty: GgufType::Q8_0, name: "t".into(), tokenizer: tok }, &out8).unwrap();
+    let r8 = export_gguf(&m, &GgufOptions { ty: GgufType::Q8_0, name: "t".into(), tokenizer: tok, source: String::new() }, &out8).unwrap();
     assert!(r8.bytes < report.bytes);
     let mut f8 = std::fs::File::open(&out8).unwrap();
     let c8 = gguf_file::Content::read(&mut f8).unwrap();
@@ -227,7 +227,7 @@ fn refuses_a_tokenizer_bigger_than_the_model_vocab() {
     let m = model(&c, 1);
     let out = std::env::temp_dir().join(format!("bunmind-gguf-refuse-{}.gguf", std::process::id()));
     let tok = GgufTokenizer { json: byte_level_tokenizer(100), config: None, chat_template: None, source: "inline".into() };
-    let e = export_gguf(&m, &GgufOptions { ty: GgufType::F32, name: "t".into(), tokenizer: tok }, &out).unwrap_err().to_string();
+    let e = export_gguf(&m, &GgufOptions { ty: GgufType::F32, name: "t".into(), tokenizer: tok, source: String::new() }, &out).unwrap_err().to_string();
     assert!(e.contains("vocab_size 300"), "{e}");
     assert!(!out.exists());
 }

@@ -18,7 +18,7 @@ fn opt_str<'a>(o: &'a serde_json::Map<String, serde_json::Value>, key: &str) -> 
 /// `{"out": path, "type": "f32"|"f16"|"q8_0", "name": general.name,
 ///   "tokenizer": path of tokenizer.json or its directory (tokenizer_config.json and
 ///   chat_template.jinja are read beside it) — or "tokenizer_json" (+ "tokenizer_config_json") texts,
-///   "chat_template": optional override}`.
+///   "chat_template": optional override, "source": the model's directory (for error messages)}`.
 /// The file goes to `<out>.tmp`, then is renamed over `out`. Writes the report as JSON
 /// (`architecture`, `type`, `tensors`, `bytes`, `eos_token`, `chat_template`, `warnings`, …) into
 /// `buf`; give it 64 KiB: on `BM_BUFFER_TOO_SMALL` the file is written but the report is lost.
@@ -49,7 +49,8 @@ pub unsafe extern "C" fn bm_model_export_gguf(h: u32, opts: *const u8, len: usiz
         if let Some(t) = opt_str(o, "chat_template")? {
             tokenizer.chat_template = Some(t.to_string());
         }
-        let report = export_gguf(&m, &GgufOptions { ty, name, tokenizer }, Path::new(out))?;
+        let source = opt_str(o, "source")?.unwrap_or("").to_string();
+        let report = export_gguf(&m, &GgufOptions { ty, name, tokenizer, source }, Path::new(out))?;
         let json = serde_json::to_string(&report).map_err(|e| FfiError::arg(e.to_string()))?;
         write_bytes(json.as_bytes(), buf, cap, out_len)
     })

@@ -538,6 +538,8 @@ pub struct GgufOptions {
     /// `general.name`.
     pub name: String,
     pub tokenizer: GgufTokenizer,
+    /// Where the model came from (its directory), for error messages; may be empty.
+    pub source: String,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -580,16 +582,14 @@ fn tmp_path(path: &Path) -> PathBuf {
 /// Writes `model` (+ tokenizer) as a GGUF file at `out`: `<out>.tmp`, then renamed over `out`.
 pub fn export_gguf(model: &Model, opts: &GgufOptions, out: &Path) -> Result<GgufReport> {
     let cfg = model.config();
+    let what = if opts.source.is_empty() { "the model".to_string() } else { opts.source.clone() };
     if let Some(reason) = gguf_unsupported(cfg) {
-        return Err(Error::config(
-            reason.split('`').nth(1).unwrap_or("config.json").to_string(),
-            format!("cannot export to GGUF: {reason}"),
-        ));
+        return Err(Error::Other(format!("cannot export {what} to GGUF: {reason}")));
     }
     if model.has_lora() {
-        return Err(Error::input("cannot export to GGUF: the model has unmerged LoRA adapters; merge them first"));
+        return Err(Error::input(format!("cannot export {what} to GGUF: it has unmerged LoRA adapters; merge them first")));
     }
-    let yarn = yarn_mapping(cfg).map_err(|r| Error::config("rope_scaling", r))?;
+    let yarn = yarn_mapping(cfg).map_err(|r| Error::Other(format!("cannot export {what} to GGUF: {r}")))?;
     let arch = gguf_arch(cfg);
     let a = arch.name();
     let tok = tokenizer_meta(&opts.tokenizer, cfg)?;
