@@ -330,5 +330,8 @@ describe("Ollama Modelfile", () => {
     expect(r.stdout).toContain("GGUF qwen3moe, q8_0")
     expect(r.stdout).toContain('pre "gpt-2"')
     expect(r.stdout).toContain("Modelfile")
+    // What Ollama's own qwen3 engine does differently is said, not hidden.
+    expect(r.stdout).toContain("Qwen2's regex")
+    expect(exports.get("dense-f32")!.stdout).not.toContain("warning")
   })
 })

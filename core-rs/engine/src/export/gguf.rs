@@ -109,6 +109,9 @@ pub fn gguf_arch(cfg: &ModelConfig) -> GgufArch {
 const LLAMA_CPP_BETA_FAST: f64 = 32.0;
 const LLAMA_CPP_BETA_SLOW: f64 = 1.0;
 
+/// HF tokenizers' ByteLevel split (GPT-2's), which llama.cpp's `gpt-2` pre-tokenizer implements.
+const GPT2_SPLIT_REGEX: &str = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+";
+
 /// config.json keys this exporter knows. Any other key must hold a neutral value (null, false, 0,
 /// "", [] or {}), or the export is refused: a field added later may change the math.
 const KNOWN_CONFIG_KEYS: &[&str] = &[
@@ -655,6 +658,17 @@ pub fn export_gguf(model: &Model, opts: &GgufOptions, out: &Path) -> Result<Gguf
         return Err(Error::tensor(left, "has no GGUF mapping; refusing to write a file without it"));
     }
     warnings.extend(fallbacks);
+    // What Ollama's built-in (Go) engines for these archs read differently from llama.cpp, from
+    // their source: they cannot be tested here, so they are reported rather than refused.
+    if arch != GgufArch::Llama {
+        warnings.push(format!(
+            "Ollama's built-in {} engine splits text with Qwen2's regex whatever tokenizer.ggml.pre says (digits one by one, …), unlike this tokenizer; llama.cpp follows the file",
+            arch.name()
+        ));
+    }
+    if arch == GgufArch::Llama && hd * nh != cfg.hidden_size {
+        warnings.push(format!("head_dim {hd} × {nh} heads ≠ hidden_size {}: Ollama's built-in llama engine assumes hidden_size / heads; llama.cpp reads attention.key_length", cfg.hidden_size));
+    }
 
     // Metadata.
     let ffn = if cfg.use_moe && arch == GgufArch::Llama { cfg.expert_ffn_size() } else { cfg.intermediate_size };
@@ -693,8 +707,14 @@ pub fn export_gguf(model: &Model, opts: &GgufOptions, out: &Path) -> Result<Gguf
         meta.push((k("rope.scaling.attn_factor"), Value::F32(attn as f32)));
         format!("yarn factor {} over {} positions, attention factor {}", y.factor, y.orig, y.attention_factor)
     });
+    if rope_scaling.is_some() {
+        warnings.push("YaRN is written as rope.scaling.*, which llama.cpp applies; Ollama's built-in llama/qwen3 engines read only rope.freq_scale".into());
+    }
     meta.push(("tokenizer.ggml.model".into(), s("gpt2")));
     meta.push(("tokenizer.ggml.pre".into(), s(tok.pre)));
+    // Ollama's own llama engine splits text with the regex in this key (Llama 3's when absent);
+    // llama.cpp ignores it and follows `tokenizer.ggml.pre`.
+    meta.push(("tokenizer.ggml.pretokenizer".into(), s(GPT2_SPLIT_REGEX)));
     meta.push(("tokenizer.ggml.tokens".into(), Value::Array(tok.tokens.iter().map(|t| s(t)).collect())));
     meta.push(("tokenizer.ggml.token_type".into(), Value::Array(tok.types.iter().map(|&t| Value::I32(t)).collect())));
     meta.push(("tokenizer.ggml.merges".into(), Value::Array(tok.merges.iter().map(|m| s(m)).collect())));
