@@ -2,7 +2,8 @@
 /**
  * Makes a fresh checkout ready: builds the native library (incremental; a no-op when fresh) and,
  * with --test, installs the Python packages the tests compare against (tokenizers, transformers,
- * numpy, safetensors, and torch + datasets for upstream MiniMind's trainers) when they are missing. Called by `npm run demo` / `npm test`.
+ * numpy, safetensors, torch + datasets for upstream MiniMind's trainers, and llama-cpp-python: the real llama.cpp
+ * for the GGUF export test) when they are missing, and Go (the Ollama Modelfile template check). Called by `npm run demo` / `npm test`.
  * With --cuda it also builds the CUDA library (dist/native/libbunmind-cuda.so); only then are the
  * pinned nvcc 13.0 wheels installed (into .cuda/, see scripts/cuda-toolchain.ts). The default
  * demo/test path never touches CUDA.
@@ -43,9 +44,17 @@ if (forTests) {
     process.exit(1)
   }
   // torch + datasets: upstream MiniMind's own trainers run as the oracle of tests/upstream-parity.test.ts.
-  const probe = Bun.spawnSync([py, "-c", "import tokenizers, transformers, numpy, safetensors, torch, datasets"])
+  // llama_cpp (llama-cpp-python, built from source by pip: a few minutes once, then cached): llama.cpp itself
+  // loads the files of `bunmind export gguf` in tests/interop-gguf.test.ts.
+  const probe = Bun.spawnSync([py, "-c", "import tokenizers, transformers, numpy, safetensors, torch, datasets, llama_cpp"])
   if (probe.exitCode !== 0) {
-    console.error("[setup] installing Python reference packages (tokenizers, transformers, numpy, safetensors, torch, datasets)")
-    run([py, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "tokenizers", "transformers", "numpy", "safetensors", "torch", "datasets"], "pip install")
+    console.error("[setup] installing Python reference packages (tokenizers, transformers, numpy, safetensors, torch, datasets, llama-cpp-python)")
+    run([py, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "tokenizers", "transformers", "numpy", "safetensors", "torch", "datasets", "llama-cpp-python"], "pip install")
+  }
+  // Go's text/template (the engine of Ollama's TEMPLATE) renders the exported Modelfile in tests/interop-gguf.test.ts.
+  if (!Bun.which("go") && process.platform === "linux" && Bun.which("apt-get")) {
+    console.error("[setup] installing Go for the Ollama template check (apt-get)")
+    const sudo = process.getuid?.() === 0 ? [] : ["sudo"]
+    run([...sudo, "sh", "-c", "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq golang-go >/dev/null"], "apt-get install golang-go")
   }
 }

@@ -3,6 +3,7 @@ import { Effect, Option } from "effect"
 import { Command, Flag } from "effect/cli"
 import { EdgeExportError, exportEdge, formatReport, QUANTIZATIONS } from "../edge/export.ts"
 import { hfExport } from "./export-hf.ts"
+import { ggufCommand } from "./export-gguf.ts"
 
 const edge = Command.make(
   "edge",
@@ -35,5 +36,5 @@ const edge = Command.make(
 
 export const edgeCommand = Command.make("export").pipe(
   Command.withDescription("export a model for other runtimes"),
-  Command.withSubcommands([edge, hfExport]),
+  Command.withSubcommands([edge, hfExport, ggufCommand]),
 )

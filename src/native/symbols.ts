@@ -44,6 +44,8 @@ export const symbols = {
   bm_model_forward: { args: [u32, ptr, usize, usize, u8, ptr, usize], returns: i32 },
   bm_model_loss: { args: [u32, ptr, ptr, ptr, usize, usize, ptr], returns: i32 },
   bm_model_load_lora: { args: [u32, ptr, usize, u8], returns: i32 },
+  bm_model_export_gguf: { args: [u32, ptr, usize, ptr, usize, ptr], returns: i32 },
+  bm_model_gguf_unsupported: { args: [u32, ptr, usize, ptr], returns: i32 },
 
   bm_session_new: { args: [u32, ptr, usize, ptr, usize, ptr], returns: i32 },
   bm_session_next: { args: [u32, ptr, ptr], returns: i32 },

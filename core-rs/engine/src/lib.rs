@@ -3,6 +3,7 @@
 pub mod device;
 pub mod dist;
 pub mod error;
+pub mod export;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod fast;
 pub mod generate;

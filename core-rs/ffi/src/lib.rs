@@ -12,6 +12,7 @@
 use std::cell::RefCell;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
+pub mod export;
 pub mod handles;
 pub mod kernels;
 pub mod model;
@@ -19,6 +20,7 @@ pub mod session;
 mod tokenizer;
 pub mod trainer;
 
+pub use export::*;
 pub use kernels::*;
 pub use model::*;
 pub use session::*;
