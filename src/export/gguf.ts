@@ -49,8 +49,8 @@ export interface GgufReport {
   readonly merges: number
   readonly tokenizer_pre: string
   readonly add_bos_token: boolean
-  readonly bos_token_id: number
-  readonly eos_token_id: number
+  readonly bos_token_id: number | null
+  readonly eos_token_id: number | null
   readonly eos_token: string | null
   readonly chat_template: string | null
   readonly rope_permuted: boolean

@@ -424,11 +424,11 @@ fn tokenizer_meta(tok: &GgufTokenizer, cfg: &ModelConfig) -> Result<TokenizerMet
     let (mut add_bos, mut add_eos) = (false, false);
     if with != plain {
         let mut rest: &[u32] = &with;
-        if rest.len() > plain.len() && rest[0] == cfg.bos_token_id {
+        if rest.len() > plain.len() && Some(rest[0]) == cfg.bos_token_id {
             add_bos = true;
             rest = &rest[1..];
         }
-        if rest.len() > plain.len() && rest[rest.len() - 1] == cfg.eos_token_id {
+        if rest.len() > plain.len() && Some(rest[rest.len() - 1]) == cfg.eos_token_id {
             add_eos = true;
             rest = &rest[..rest.len() - 1];
         }
@@ -454,10 +454,11 @@ fn tokenizer_meta(tok: &GgufTokenizer, cfg: &ModelConfig) -> Result<TokenizerMet
         for (key, want) in [("bos_token", cfg.bos_token_id), ("eos_token", cfg.eos_token_id), ("pad_token", cfg.pad_token_id)] {
             if let Some(s) = c.get(key).and_then(special_content) {
                 match id_of(s) {
-                    Some(id) if id == want => {}
+                    Some(id) if Some(id) == want => {}
                     got => warnings.push(format!(
-                        "tokenizer_config.json `{key}` is `{s}` (id {}), the model config says id {want}; the GGUF uses the model config's",
-                        got.map(|i| i.to_string()).unwrap_or_else(|| "none".into())
+                        "tokenizer_config.json `{key}` is `{s}` (id {}), the model config says id {}; the GGUF uses the model config's",
+                        got.map(|i| i.to_string()).unwrap_or_else(|| "none".into()),
+                        want.map(|i| i.to_string()).unwrap_or_else(|| "none".into())
                     )),
                 }
             }
@@ -558,8 +559,8 @@ pub struct GgufReport {
     pub merges: usize,
     pub tokenizer_pre: String,
     pub add_bos_token: bool,
-    pub bos_token_id: u32,
-    pub eos_token_id: u32,
+    pub bos_token_id: Option<u32>,
+    pub eos_token_id: Option<u32>,
     /// Text of the EOS token (where generation stops).
     pub eos_token: Option<String>,
     pub chat_template: Option<String>,
@@ -718,9 +719,11 @@ pub fn export_gguf(model: &Model, opts: &GgufOptions, out: &Path) -> Result<Gguf
     meta.push(("tokenizer.ggml.tokens".into(), Value::Array(tok.tokens.iter().map(|t| s(t)).collect())));
     meta.push(("tokenizer.ggml.token_type".into(), Value::Array(tok.types.iter().map(|&t| Value::I32(t)).collect())));
     meta.push(("tokenizer.ggml.merges".into(), Value::Array(tok.merges.iter().map(|m| s(m)).collect())));
-    meta.push(("tokenizer.ggml.bos_token_id".into(), Value::U32(cfg.bos_token_id)));
-    meta.push(("tokenizer.ggml.eos_token_id".into(), Value::U32(cfg.eos_token_id)));
-    meta.push(("tokenizer.ggml.padding_token_id".into(), Value::U32(cfg.pad_token_id)));
+    for (key, id) in [("bos_token_id", cfg.bos_token_id), ("eos_token_id", cfg.eos_token_id), ("padding_token_id", cfg.pad_token_id)] {
+        if let Some(id) = id {
+            meta.push((format!("tokenizer.ggml.{key}"), Value::U32(id)));
+        }
+    }
     if let Some(unk) = tok.unk {
         meta.push(("tokenizer.ggml.unknown_token_id".into(), Value::U32(unk)));
     }
@@ -748,7 +751,7 @@ pub fn export_gguf(model: &Model, opts: &GgufOptions, out: &Path) -> Result<Gguf
     }
     std::fs::rename(&tmp, out).map_err(|e| Error::io(out, e))?;
     let bytes = std::fs::metadata(out).map_err(|e| Error::io(out, e))?.len();
-    let eos_token = tok.tokens.get(cfg.eos_token_id as usize).cloned();
+    let eos_token = cfg.eos_token_id.and_then(|e| tok.tokens.get(e as usize).cloned());
     Ok(GgufReport {
         path: out.display().to_string(),
         architecture: arch,
