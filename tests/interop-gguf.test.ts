@@ -144,7 +144,9 @@ beforeAll(() => {
   const trainedYarn = join(out, "models", "trained_yarn")
   cpSync(trainedModel, trainedYarn, { recursive: true })
   const ycfg = JSON.parse(readFileSync(join(trainedYarn, "config.json"), "utf8"))
-  ycfg.rope_scaling = { type: "yarn", factor: 4, original_max_position_embeddings: 8, attention_factor: 1.25 }
+  // The published model is a Llama folder: transformers' YaRN goes in rope_parameters.
+  ycfg.rope_parameters = { ...ycfg.rope_parameters, rope_type: "yarn", factor: 4, original_max_position_embeddings: 8, attention_factor: 1.25 }
+  ycfg.rope_scaling = null
   writeFileSync(join(trainedYarn, "config.json"), JSON.stringify(ycfg))
   const story = storyPromptIds()
   for (const [key, dir, types] of [["trained", trainedModel, ["f32", "f16", "q8_0"]], ["trained_yarn", trainedYarn, ["f32"]]] as const) {
@@ -196,6 +198,8 @@ describe("GGUF export: llama.cpp computes what bunmind computes", () => {
     const half = join(out, "models", "trained-interleaved")
     cpSync(trainedModel, half, { recursive: true })
     const c2 = JSON.parse(readFileSync(join(half, "config.json"), "utf8"))
+    // Interleaved pairs are a MiniMind (seed v1) setting: no Llama field holds it.
+    c2.model_type = "minimind"
     c2.rope_interleaved = true
     writeFileSync(join(half, "config.json"), JSON.stringify(c2))
     const e = bunmind(half, story).logits.map((x) => Array.from(x))

@@ -24,6 +24,7 @@ use candle_core::{DType, Device, Tensor};
 use serde::Serialize;
 use serde_json::Value as Json;
 
+use crate::model::RopeParameters;
 use crate::model::{Model, ModelConfig};
 use crate::{Error, Result};
 
@@ -137,6 +138,7 @@ const KNOWN_CONFIG_KEYS: &[&str] = &[
     "rope_interleaved",
     "rope_scaling",
     "inference_rope_scaling",
+    "rope_parameters",
     "dropout",
     "bos_token_id",
     "eos_token_id",
@@ -166,6 +168,26 @@ struct Yarn {
 
 /// `Ok(None)`: no scaling at inference; `Err(reason)`: scaling llama.cpp cannot reproduce.
 fn yarn_mapping(cfg: &ModelConfig) -> std::result::Result<Option<Yarn>, String> {
+    // transformers' kinds (imported models, or MiniMind's YaRN after a save in a native family).
+    match &cfg.rope_parameters {
+        None => {}
+        Some(RopeParameters::Yarn { factor, original_max_position_embeddings, beta_fast, beta_slow, attention_factor, truncate }) => {
+            if !truncate {
+                return Err("config field `rope_parameters.truncate` = false: llama.cpp always rounds the YaRN correction range".into());
+            }
+            if *beta_fast != LLAMA_CPP_BETA_FAST || *beta_slow != LLAMA_CPP_BETA_SLOW {
+                return Err(format!(
+                    "config field `rope_parameters.beta_fast`/`beta_slow` = {beta_fast}/{beta_slow}: llama.cpp's llama/qwen3 archs always use {LLAMA_CPP_BETA_FAST}/{LLAMA_CPP_BETA_SLOW}"
+                ));
+            }
+            // transformers and llama.cpp both clamp the ramp to [0, head_dim − 1].
+            return Ok(Some(Yarn { factor: *factor, orig: *original_max_position_embeddings, attention_factor: *attention_factor }));
+        }
+        Some(other) => {
+            let kind = serde_json::to_value(other).ok().and_then(|v| v.get("rope_type").and_then(|t| t.as_str()).map(String::from)).unwrap_or_default();
+            return Err(format!("config field `rope_parameters.rope_type` = `{kind}`: not mapped to GGUF (only yarn is)"));
+        }
+    }
     let Some(s) = cfg.effective_rope_scaling() else { return Ok(None) };
     let field = if cfg.rope_scaling.is_some() { "rope_scaling" } else { "inference_rope_scaling" };
     if !s.r#type.eq_ignore_ascii_case("yarn") {

@@ -235,7 +235,25 @@ fn read_hf_rope(
     let (dict, prefix) = match r.object("rope_parameters")? {
         Some(d) => {
             if legacy_scaling {
-                r.ignore(&["rope_scaling"]);
+                // Both spellings (a 5.x file edited by hand, or written for 4.x too): they must agree.
+                if let Some(legacy) = r.object("rope_scaling")? {
+                    let kind = |m: &Map<String, Value>| {
+                        m.get("rope_type").or_else(|| m.get("type")).and_then(|t| t.as_str()).unwrap_or("default").to_string()
+                    };
+                    let strip = |m: &Map<String, Value>| {
+                        let mut m = m.clone();
+                        for k in ["rope_type", "type", "rope_theta"] {
+                            m.remove(k);
+                        }
+                        m
+                    };
+                    if kind(legacy) != kind(d) || strip(legacy) != strip(d) {
+                        return Err(Error::config(
+                            "rope_scaling",
+                            "disagrees with rope_parameters (transformers 5 reads rope_parameters, 4.x rope_scaling); make them equal or remove one",
+                        ));
+                    }
+                }
             }
             (Some(d), "rope_parameters.")
         }
