@@ -2,7 +2,8 @@
 /**
  * Makes a fresh checkout ready: builds the native library (incremental; a no-op when fresh) and,
  * with --test, installs the Python packages the tests compare against (tokenizers, transformers,
- * numpy, safetensors, and torch + datasets for upstream MiniMind's trainers) when they are missing. Called by `npm run demo` / `npm test`.
+ * numpy, safetensors, torch + datasets for upstream MiniMind's trainers, and peft for the LoRA
+ * adapter interop) when they are missing. Called by `npm run demo` / `npm test`.
  * With --cuda it also builds the CUDA library (dist/native/libbunmind-cuda.so); only then are the
  * pinned nvcc 13.0 wheels installed (into .cuda/, see scripts/cuda-toolchain.ts). The default
  * demo/test path never touches CUDA.
@@ -42,10 +43,11 @@ if (forTests) {
     console.error("[setup] python3 not found: the parity tests need it (apt-get install python3 python3-pip)")
     process.exit(1)
   }
-  // torch + datasets: upstream MiniMind's own trainers run as the oracle of tests/upstream-parity.test.ts.
-  const probe = Bun.spawnSync([py, "-c", "import tokenizers, transformers, numpy, safetensors, torch, datasets"])
+  // torch + datasets: upstream MiniMind's own trainers run as the oracle of tests/upstream-parity.test.ts;
+  // peft: PEFT's LoRA adapters, both ways, in tests/interop-peft.test.ts.
+  const probe = Bun.spawnSync([py, "-c", "import tokenizers, transformers, numpy, safetensors, torch, datasets, peft"])
   if (probe.exitCode !== 0) {
-    console.error("[setup] installing Python reference packages (tokenizers, transformers, numpy, safetensors, torch, datasets)")
-    run([py, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "tokenizers", "transformers", "numpy", "safetensors", "torch", "datasets"], "pip install")
+    console.error("[setup] installing Python reference packages (tokenizers, transformers, numpy, safetensors, torch, datasets, peft)")
+    run([py, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "tokenizers", "transformers", "numpy", "safetensors", "torch", "datasets", "peft"], "pip install")
   }
 }

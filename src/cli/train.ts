@@ -255,7 +255,8 @@ const merge = Command.make(
   (a) =>
     Effect.gen(function* () {
       const m = yield* loadModel(a.model, yield* parseDevice(a.device))
-      yield* Effect.try({ try: () => m.loadLora(a.adapter, true), catch: (e) => e as Error })
+      const warnings = yield* Effect.try({ try: () => m.loadLora(a.adapter, true), catch: (e) => e as Error })
+      for (const w of warnings) console.error(`warning: ${w}`)
       m.save(a.out)
       copyTokenizer(a.model, a.out)
       console.log(`merged ${a.adapter} into ${a.model} → ${a.out}`)
