@@ -175,34 +175,43 @@ describe("adapters bunmind cannot apply as PEFT does are refused", () => {
 })
 
 describe("bunmind adapters → PEFT; the LoRA stage publishes base + adapter", () => {
-  const runs = { llama: join(out, "run-llama"), qwen3: join(out, "run-qwen3") }
+  // name → base, extra flags of `bunmind train lora`, the scale alpha/r (or alpha/√r) it implies
+  const RUNS = {
+    llama: { base: "llama", flags: [], scale: 2 },
+    qwen3: { base: "qwen3", flags: [], scale: 2 },
+    "llama-rslora": { base: "llama", flags: ["--rslora"], scale: 4 },
+  } as const
+  type Run = keyof typeof RUNS
+  const runDir = (k: Run) => join(out, `run-${k}`)
+  const baseOf = (k: Run) => bases[RUNS[k].base]
   let oracle: Record<string, { peft: Json; published: Json; merged: Json }> = {}
 
   beforeAll(() => {
     const ops: Json[] = []
-    for (const [k, run] of Object.entries(runs) as [keyof typeof bases, string][]) {
+    for (const k of Object.keys(RUNS) as Run[]) {
+      const run = runDir(k)
       const t = cli(
-        ["train", "lora", "--run-dir", run, "--init", bases[k], "--tokenizer", tokenizer, "--data", sftData, "--seq-len", "64", "--steps", "6", "--batch-size", "2", "--lr", "2e-2",
-          "--rank", "4", "--lora-alpha", "8", "--targets", ALL.join(","), "--eval-fraction", "0"],
+        ["train", "lora", "--run-dir", run, "--init", baseOf(k), "--tokenizer", tokenizer, "--data", sftData, "--seq-len", "64", "--steps", "6", "--batch-size", "2", "--lr", "2e-2",
+          "--rank", "4", "--lora-alpha", "8", "--targets", ALL.join(","), "--eval-fraction", "0", ...RUNS[k].flags],
         undefined,
         env,
       )
       if (t.code !== 0) throw new Error(`train lora (${k}): ${t.stderr}`)
-      const m = loraMerge(bases[k], join(run, "lora", "adapter"), join(run, "merged"))
+      const m = loraMerge(baseOf(k), join(run, "lora", "adapter"), join(run, "merged"))
       if (m.code !== 0) throw new Error(`lora merge (${k}): ${m.stderr}`)
-      ops.push({ op: "peft_logits", model_dir: bases[k], adapter_dir: join(run, "lora", "adapter"), ids: IDS })
-      ops.push({ op: "merge_check", base_dir: bases[k], adapter_dir: join(run, "lora", "adapter"), merged_dir: join(run, "lora", "model") })
-      ops.push({ op: "merge_check", base_dir: bases[k], adapter_dir: join(run, "lora", "adapter"), merged_dir: join(run, "merged") })
+      ops.push({ op: "peft_logits", model_dir: baseOf(k), adapter_dir: join(run, "lora", "adapter"), ids: IDS })
+      ops.push({ op: "merge_check", base_dir: baseOf(k), adapter_dir: join(run, "lora", "adapter"), merged_dir: join(run, "lora", "model") })
+      ops.push({ op: "merge_check", base_dir: baseOf(k), adapter_dir: join(run, "lora", "adapter"), merged_dir: join(run, "merged") })
     }
     const res = py("oracle", ops)
-    oracle = { llama: { peft: res[0]!, published: res[1]!, merged: res[2]! }, qwen3: { peft: res[3]!, published: res[4]!, merged: res[5]! } }
+    oracle = Object.fromEntries((Object.keys(RUNS) as Run[]).map((k, i) => [k, { peft: res[3 * i]!, published: res[3 * i + 1]!, merged: res[3 * i + 2]! }]))
   }, 300_000)
 
-  for (const k of ["llama", "qwen3"] as const) {
+  for (const k of Object.keys(RUNS) as Run[]) {
     test(`${k}: the adapter folder is PEFT's layout`, () => {
-      const adapter = join(runs[k], "lora", "adapter")
+      const adapter = join(runDir(k), "lora", "adapter")
       const cfg = JSON.parse(readFileSync(join(adapter, "adapter_config.json"), "utf8"))
-      expect(cfg).toMatchObject({ peft_type: "LORA", task_type: "CAUSAL_LM", r: 4, lora_alpha: 8, lora_dropout: 0, bias: "none", fan_in_fan_out: false, use_rslora: false, use_dora: false })
+      expect(cfg).toMatchObject({ peft_type: "LORA", task_type: "CAUSAL_LM", r: 4, lora_alpha: 8, lora_dropout: 0, bias: "none", fan_in_fan_out: false, use_rslora: RUNS[k].flags.length > 0, use_dora: false })
       expect([...cfg.target_modules].sort()).toEqual([...ALL].sort())
       const load = oracle[k]!.peft.load
       // 2 layers × 7 projections × (A, B), every one now the value of PEFT's LoRA parameter.
@@ -217,26 +226,26 @@ describe("bunmind adapters → PEFT; the LoRA stage publishes base + adapter", (
       const o = oracle[k]!.peft
       const peft = flat(o.peft)
       expect(record(`${k}: bunmind adapter effect in PEFT`, maxDiff(peft, flat(o.base)))).toBeGreaterThan(0.05)
-      const adapter = join(runs[k], "lora", "adapter")
-      expect(record(`${k}: unmerged, bunmind vs PEFT`, maxDiff(bunmindLogits(bases[k], adapter).logits, peft))).toBeLessThan(TOL)
-      const merged = bunmindLogits(join(runs[k], "merged")).logits
+      const adapter = join(runDir(k), "lora", "adapter")
+      expect(record(`${k}: unmerged, bunmind vs PEFT`, maxDiff(bunmindLogits(baseOf(k), adapter).logits, peft))).toBeLessThan(TOL)
+      const merged = bunmindLogits(join(runDir(k), "merged")).logits
       expect(record(`${k}: lora merge vs PEFT merge_and_unload`, maxDiff(merged, flat(o.peft_merged)))).toBeLessThan(TOL)
-      expect(record(`${k}: published model vs PEFT`, maxDiff(bunmindLogits(join(runs[k], "lora", "model")).logits, peft))).toBeLessThan(TOL)
+      expect(record(`${k}: published model vs PEFT`, maxDiff(bunmindLogits(join(runDir(k), "lora", "model")).logits, peft))).toBeLessThan(TOL)
     })
 
-    test(`${k}: the published <run>/lora/model is base + (alpha/r)·B·A`, () => {
+    test(`${k}: the published <run>/lora/model is base + s·B·A`, () => {
       for (const [what, c] of [["published", oracle[k]!.published], ["lora merge", oracle[k]!.merged]] as const) {
         expect(c.error).toBeUndefined()
         expect(c.modules).toBe(14)
-        expect(c.scale).toBe(2)
+        expect(c.scale).toBe(RUNS[k].scale)
         expect(record(`${k}: ${what} weights vs independent merge`, c.max_diff_adapted)).toBeLessThan(1e-5)
         expect(c.max_diff_other).toBe(0) // the other tensors are the base's
         expect(c.max_change_from_base).toBeGreaterThan(1e-3) // and the merge changed the adapted ones
       }
-      const published = bunmindLogits(join(runs[k], "lora", "model")).logits
-      const merged = bunmindLogits(join(runs[k], "merged")).logits
+      const published = bunmindLogits(join(runDir(k), "lora", "model")).logits
+      const merged = bunmindLogits(join(runDir(k), "merged")).logits
       expect(record(`${k}: published vs lora merge logits`, maxDiff(published, merged))).toBeLessThan(1e-5)
-      expect(maxDiff(published, bunmindLogits(bases[k]).logits)).toBeGreaterThan(0.05)
+      expect(maxDiff(published, bunmindLogits(baseOf(k)).logits)).toBeGreaterThan(0.05)
     })
   }
 
