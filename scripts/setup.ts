@@ -2,8 +2,8 @@
 /**
  * Makes a fresh checkout ready: builds the native library (incremental; a no-op when fresh) and,
  * with --test, installs the Python packages the tests compare against (tokenizers, transformers,
- * numpy, safetensors, torch + datasets for upstream MiniMind's trainers, and llama-cpp-python: the real llama.cpp
- * for the GGUF export test) when they are missing, and Go (the Ollama Modelfile template check). Called by `npm run demo` / `npm test`.
+ * numpy, safetensors, torch + datasets for upstream MiniMind's trainers, llama-cpp-python: the real llama.cpp
+ * for the GGUF export test, and peft for the LoRA adapter interop) when they are missing, and Go (the Ollama Modelfile template check). Called by `npm run demo` / `npm test`.
  * With --cuda it also builds the CUDA library (dist/native/libbunmind-cuda.so); only then are the
  * pinned nvcc 13.0 wheels installed (into .cuda/, see scripts/cuda-toolchain.ts). The default
  * demo/test path never touches CUDA.
@@ -43,13 +43,14 @@ if (forTests) {
     console.error("[setup] python3 not found: the parity tests need it (apt-get install python3 python3-pip)")
     process.exit(1)
   }
-  // torch + datasets: upstream MiniMind's own trainers run as the oracle of tests/upstream-parity.test.ts.
+  // torch + datasets: upstream MiniMind's own trainers run as the oracle of tests/upstream-parity.test.ts;
+  // peft: PEFT's LoRA adapters, both ways, in tests/interop-peft.test.ts.
   // llama_cpp (llama-cpp-python, built from source by pip: a few minutes once, then cached): llama.cpp itself
   // loads the files of `bunmind export gguf` in tests/interop-gguf.test.ts.
-  const probe = Bun.spawnSync([py, "-c", "import tokenizers, transformers, numpy, safetensors, torch, datasets, llama_cpp"])
+  const probe = Bun.spawnSync([py, "-c", "import tokenizers, transformers, numpy, safetensors, torch, datasets, llama_cpp, peft"])
   if (probe.exitCode !== 0) {
-    console.error("[setup] installing Python reference packages (tokenizers, transformers, numpy, safetensors, torch, datasets, llama-cpp-python)")
-    run([py, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "tokenizers", "transformers", "numpy", "safetensors", "torch", "datasets", "llama-cpp-python"], "pip install")
+    console.error("[setup] installing Python reference packages (tokenizers, transformers, numpy, safetensors, torch, datasets, llama-cpp-python, peft)")
+    run([py, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "tokenizers", "transformers", "numpy", "safetensors", "torch", "datasets", "llama-cpp-python", "peft"], "pip install")
   }
   // Go's text/template (the engine of Ollama's TEMPLATE) renders the exported Modelfile in tests/interop-gguf.test.ts.
   if (!Bun.which("go") && process.platform === "linux" && Bun.which("apt-get")) {

@@ -69,8 +69,12 @@ describe("training stages", () => {
     const maxDiff = (a: Float32Array, b: Float32Array) => Math.max(...Array.from(a, (x, i) => Math.abs(x - b[i]!)))
     expect(maxDiff(withAdapter, fromMerged)).toBeLessThan(1e-4)
     expect(maxDiff(plain, withAdapter)).toBeGreaterThan(1e-3) // the adapter did something
+    // The stage's published model is the merged one too (not the base).
+    const published = openModelSync(join(run, "lora", "model"))
+    expect(maxDiff(withAdapter, published.forward(ids))).toBeLessThan(1e-4)
     base.free()
     m.free()
+    published.free()
   })
 
   test("DPO lowers the DPO loss on its preference pairs (recomputed independently)", async () => {

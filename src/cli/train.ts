@@ -198,14 +198,21 @@ const loraCmd = Command.make(
     rank: Flag.Int("rank").pipe(Flag.withDefault(16)),
     loraAlpha: opt(Flag.Finite("lora-alpha"), "scale numerator (default: = rank, MiniMind's unscaled adapters)"),
     loraDropout: Flag.Finite("lora-dropout").pipe(Flag.withDefault(0)),
+    rslora: Flag.Boolean("rslora").pipe(Flag.withDefault(false), Flag.withDescription("rank-stabilised LoRA (PEFT's use_rslora): scale alpha/√r instead of alpha/r")),
     targets: Flag.String("targets").pipe(
       Flag.withDefault(STAGE_DEFAULTS.lora.lora!.target_modules.join(",")),
-      Flag.withDescription("comma-separated: q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj, or square (every projection with as many inputs as outputs: upstream's rule)"),
+      Flag.withDescription("comma-separated: q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj (or PEFT-style suffixes such as self_attn.q_proj, mlp.experts.0.up_proj), all-linear, or square (every projection with as many inputs as outputs: upstream's rule)"),
     ),
   },
   (a) =>
     Effect.gen(function* () {
-      const lora = { r: a.rank, lora_alpha: get(a.loraAlpha, a.rank), lora_dropout: a.loraDropout, target_modules: a.targets.split(",").map((s) => s.trim()).filter(Boolean) }
+      const lora = {
+        r: a.rank,
+        lora_alpha: get(a.loraAlpha, a.rank),
+        lora_dropout: a.loraDropout,
+        target_modules: a.targets.split(",").map((s) => s.trim()).filter(Boolean),
+        ...(a.rslora ? { use_rslora: true } : {}),
+      }
       yield* report(yield* loraStage({ ...(yield* stageOptions("lora", a, { lora })), lora }))
     }),
 ).pipe(Command.withDescription("train LoRA adapters only (base frozen); writes the adapters and a merged model"))
@@ -255,7 +262,8 @@ const merge = Command.make(
   (a) =>
     Effect.gen(function* () {
       const m = yield* loadModel(a.model, yield* parseDevice(a.device))
-      yield* Effect.try({ try: () => m.loadLora(a.adapter, true), catch: (e) => e as Error })
+      const warnings = yield* Effect.try({ try: () => m.loadLora(a.adapter, true), catch: (e) => e as Error })
+      for (const w of warnings) console.error(`warning: ${w}`)
       m.save(a.out)
       copyTokenizer(a.model, a.out)
       console.log(`merged ${a.adapter} into ${a.model} → ${a.out}`)

@@ -118,7 +118,11 @@ export class Model {
     return { sum: out[0]!, count: out[1]! }
   }
 
-  /** Writes `config.json` + `model.safetensors` (atomically) in f32, f16 or bf16. */
+  /**
+   * Writes `config.json` + `model.safetensors` (atomically) in f32, f16 or bf16. LoRA adapters
+   * attached to this model (`loadLora` without merging, a LoRA trainer's live model) are folded
+   * into the written weights; this model keeps them attached.
+   */
   save(dir: string, dtype: "f32" | "f16" | "bf16" = "f32"): void {
     const d = utf8(dir)
     this.native.check("bm_model_save", this.native.sym.bm_model_save(this.handle, ptrOf(d), d.byteLength, { f32: 0, f16: 1, bf16: 2 }[dtype]))
@@ -135,11 +139,17 @@ export class Model {
     return JSON.parse(this.native.readString("bm_model_save_hf", (b, c, l) => this.native.sym.bm_model_save_hf(this.handle, ptrOf(d), d.byteLength, code, ptrOf(a), a.byteLength, b, c, l)))
   }
 
-  /** Attach LoRA adapters from `dir`; `merge` folds them into the base weights. */
-  loadLora(dir: string, merge = false): void {
+  /**
+   * Attach LoRA adapters from `dir` (PEFT's layout: adapter_config.json + adapter_model.safetensors,
+   * from bunmind or PEFT's `save_pretrained`); `merge` folds them into the base weights. Returns
+   * the warnings of this load (unknown adapter_config.json fields, ...); they also join `info().warnings`.
+   */
+  loadLora(dir: string, merge = false): string[] {
+    const before = this.info().warnings.length
     const d = utf8(dir)
     this.native.check("bm_model_load_lora", this.native.sym.bm_model_load_lora(this.handle, ptrOf(d), d.byteLength, merge ? 1 : 0))
     this.#info = undefined
+    return this.info().warnings.slice(before)
   }
 
   free(): void {

@@ -17,6 +17,8 @@ export interface LoraOptions {
   r: number
   lora_alpha: number
   lora_dropout?: number
+  /** Rank-stabilised LoRA (PEFT's use_rslora): scale alpha/√r instead of alpha/r. */
+  use_rslora?: boolean
   target_modules: string[]
 }
 

@@ -555,14 +555,15 @@ export const runStageHere = (o: StageOptions) =>
     status = "done"
     if (!lead) return summary()
     saveCheckpoint()
-    // Publish: LoRA stages save the adapters and a merged model; others the weights.
+    // Publish: LoRA stages save the adapters (PEFT's layout) and a merged model; others the weights.
     if (o.lora) {
       trainer.saveAdapters(join(stageDir, "adapter"))
-      const merged = trainer.liveModel()
+      // The trainer's live model carries the adapters; saving it folds them into the base weights.
+      const adapted = trainer.liveModel()
       try {
-        merged.save(modelDir)
+        adapted.save(modelDir)
       } finally {
-        merged.free()
+        adapted.free()
       }
     } else {
       model.save(modelDir)

@@ -107,7 +107,8 @@ os.chdir(os.path.join(work, "cwd"))  # upstream writes '../checkpoints' next to 
 
 if stage == "lora":
     from model.model_lora import apply_lora
-    adapter = load_file(spec["adapter"])
+    # bunmind saves PEFT's names (base_model.model.<module>.lora_A.weight)
+    adapter = {k.removeprefix("base_model.model."): v for k, v in load_file(spec["adapter"]).items()}
     apply_lora(model, rank=spec["lora_rank"])
     # bunmind's initial adapters (A ~ N(0, 0.02²) from its own RNG, B = 0) in upstream's modules.
     for name, module in model.named_modules():

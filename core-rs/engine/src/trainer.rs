@@ -452,6 +452,9 @@ impl Trainer {
 
     /// Weights as they should be published: merged base weights when training LoRA.
     pub fn export_weights(&self) -> Result<HashMap<String, Tensor>> {
+        if self.model.has_lora() {
+            return Ok(self.model.merged()?.state_dict());
+        }
         Ok(self.model.state_dict())
     }
 

@@ -197,6 +197,7 @@ fn lora_adapters_match_one_process() {
             peft_type: "LORA".into(),
             bias: "none".into(),
             task_type: "CAUSAL_LM".into(),
+            use_rslora: false,
         }),
         ..TrainerConfig::default()
     };

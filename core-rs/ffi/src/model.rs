@@ -14,12 +14,13 @@ use crate::*;
 /// value can be replaced (LoRA merge) without invalidating running sessions.
 pub struct ModelEntry {
     pub model: Mutex<Arc<Model>>,
-    pub warnings: Vec<String>,
+    /// Load warnings (ignored tensors, unknown adapter_config fields), in the order they arose.
+    pub warnings: Mutex<Vec<String>>,
 }
 
 impl ModelEntry {
     pub fn new(model: Model, warnings: Vec<String>) -> Self {
-        ModelEntry { model: Mutex::new(Arc::new(model)), warnings }
+        ModelEntry { model: Mutex::new(Arc::new(model)), warnings: Mutex::new(warnings) }
     }
     pub fn get(&self) -> Arc<Model> {
         self.model.lock().unwrap_or_else(|p| p.into_inner()).clone()
@@ -150,7 +151,14 @@ pub unsafe extern "C" fn bm_model_save(h: u32, dir: *const u8, len: usize, dtype
     guard(|| {
         let m = model(h)?.get();
         let dir = str_arg(dir, len, "dir")?;
-        m.save_dir_as(dir, dtype_code(dtype)?)?;
+        let dt = dtype_code(dtype)?;
+        // Attached adapters (loaded without merging, or a LoRA trainer's live model) are folded
+        // into the saved weights: the saved model computes what this one does.
+        if m.has_lora() {
+            m.merged()?.save_dir_as(dir, dt)?;
+        } else {
+            m.save_dir_as(dir, dt)?;
+        }
         Ok(BM_OK)
     })
 }
@@ -176,7 +184,7 @@ pub unsafe extern "C" fn bm_model_info(h: u32, buf: *mut u8, cap: usize, out_len
             "num_parameters": m.num_parameters(),
             "dtype": "f32",
             "device": bunmind_engine::device::device_name(m.device()),
-            "warnings": e.warnings,
+            "warnings": e.warnings.lock().unwrap_or_else(|p| p.into_inner()).clone(),
             "has_lora": m.has_lora(),
         });
         write_bytes(info.to_string().as_bytes(), buf, cap, out_len)
@@ -244,12 +252,13 @@ pub unsafe extern "C" fn bm_model_load_lora(h: u32, dir: *const u8, len: usize, 
         let dir = str_arg(dir, len, "dir")?;
         let mut guard = e.model.lock().unwrap_or_else(|p| p.into_inner());
         let mut m: Model = (**guard).clone();
-        let adapters = LoraAdapters::load_dir(dir, &m)?;
+        let (adapters, warnings) = LoraAdapters::load_dir(dir, &m)?;
         m.attach_lora(&adapters)?;
         if merge != 0 {
             m.merge_lora()?;
         }
         *guard = Arc::new(m);
+        e.warnings.lock().unwrap_or_else(|p| p.into_inner()).extend(warnings);
         Ok(BM_OK)
     })
 }
@@ -292,7 +301,11 @@ pub unsafe extern "C" fn bm_model_save_hf(
                 FfiError::arg(format!("--arch {a}: expected auto, llama, qwen2, qwen3, qwen3-moe or minimind"))
             })?),
         };
-        let used = m.save_dir_family(dir, dtype_code(dtype)?, family)?;
+        let used = if m.has_lora() {
+            m.merged()?.save_dir_family(dir, dtype_code(dtype)?, family)?
+        } else {
+            m.save_dir_family(dir, dtype_code(dtype)?, family)?
+        };
         write_bytes(serde_json::json!(used.model_type()).to_string().as_bytes(), buf, cap, out_len)
     })
 }
