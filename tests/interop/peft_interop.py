@@ -34,57 +34,15 @@ torch.set_num_threads(2)
 
 
 def hf_model_from_bunmind(model_dir):
-    """A transformers model with the weights of a bunmind model folder (config.json with
-    model_type "minimind" + model.safetensors): LlamaForCausalLM, or Qwen3ForCausalLM when
-    qk_norm is on. Kept in one function so `bunmind export hf` can replace it."""
-    from transformers import LlamaConfig, LlamaForCausalLM, Qwen3Config, Qwen3ForCausalLM
+    """The transformers model of a bunmind model folder. bunmind saves in the native transformers family
+    (Llama / Qwen3 here: `bunmind export hf`'s format), so this is a plain from_pretrained, no
+    trust_remote_code, and the family must be a native one."""
+    from transformers import AutoModelForCausalLM
 
-    model_dir = Path(model_dir)
-    cfg = json.loads((model_dir / "config.json").read_text())
-    if cfg.get("model_type") != "minimind":
-        raise SystemExit(f"{model_dir}/config.json: model_type {cfg.get('model_type')!r}, expected 'minimind'")
-    for field, ok in [
-        ("use_moe", lambda v: not v),
-        ("rope_interleaved", lambda v: not v),
-        ("rope_scaling", lambda v: v is None),
-        ("inference_rope_scaling", lambda v: not v),
-    ]:
-        if not ok(cfg.get(field)):
-            raise SystemExit(f"{model_dir}/config.json: {field} = {cfg.get(field)!r} has no transformers Llama/Qwen3 equivalent here")
-    heads = cfg["num_attention_heads"]
-    common = dict(
-        vocab_size=cfg["vocab_size"],
-        hidden_size=cfg["hidden_size"],
-        intermediate_size=cfg["intermediate_size"],
-        num_hidden_layers=cfg["num_hidden_layers"],
-        num_attention_heads=heads,
-        num_key_value_heads=cfg.get("num_key_value_heads") or heads,
-        head_dim=cfg.get("head_dim") or cfg["hidden_size"] // heads,
-        rms_norm_eps=cfg["rms_norm_eps"],
-        rope_theta=cfg["rope_theta"],
-        max_position_embeddings=cfg["max_position_embeddings"],
-        tie_word_embeddings=cfg["tie_word_embeddings"],
-        hidden_act="silu",
-        attention_bias=False,
-        bos_token_id=cfg.get("bos_token_id", 1),
-        eos_token_id=cfg.get("eos_token_id", 2),
-        pad_token_id=cfg.get("pad_token_id", 0),
-    )
-    if cfg.get("qk_norm"):
-        hf_cfg, cls = Qwen3Config(**common), Qwen3ForCausalLM
-    else:
-        hf_cfg, cls = LlamaConfig(**common, mlp_bias=False), LlamaForCausalLM
-    hf_cfg._attn_implementation = "eager"
-    model = cls(hf_cfg).to(torch.float32).eval()
-    sd = {k: v.to(torch.float32) for k, v in load_file(str(model_dir / "model.safetensors")).items()}
-    if cfg["tie_word_embeddings"]:
-        if "lm_head.weight" in sd:
-            raise SystemExit(f"{model_dir}: tie_word_embeddings but model.safetensors has lm_head.weight")
-        sd["lm_head.weight"] = sd["model.embed_tokens.weight"]
-    model.load_state_dict(sd, strict=True)
-    if cfg["tie_word_embeddings"]:
-        model.tie_weights()
-    return model
+    cfg = json.loads((Path(model_dir) / "config.json").read_text())
+    if cfg.get("model_type") not in ("llama", "qwen2", "qwen3", "qwen3_moe"):
+        raise SystemExit(f"{model_dir}/config.json: model_type {cfg.get('model_type')!r} is not a native transformers family")
+    return AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).eval()
 
 
 def logits(model, ids):
