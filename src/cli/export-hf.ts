@@ -24,7 +24,7 @@ export const hfExport = Command.make(
         try: () => exportHf({ model: a.model, out: a.out, arch: a.arch, dtype: a.dtype, tokenizer: Option.getOrUndefined(tok) }),
         catch: (e) => (e instanceof HfExportError ? e : new HfExportError({ message: e instanceof Error ? e.message : String(e) })),
       })
-      console.log(`${r.out}: ${r.family}${r.native ? " (loads in transformers without trust_remote_code)" : " (MiniMind's architecture: not a native transformers class)"}`)
+      console.log(`${r.out}: ${r.family}${r.native ? " (loads in transformers without trust_remote_code)" : " (MiniMind's architecture, no native transformers class: loads with trust_remote_code=True)"}`)
       console.log(`  ${r.files.join(", ")}`)
       if (Option.isNone(tok)) console.error(`  note: no tokenizer.json next to ${a.model}; pass --tokenizer to include one`)
     }),

@@ -16,6 +16,7 @@ import { basename, dirname, join, resolve } from "node:path"
 import { Data } from "effect"
 import { DEFAULT_GENERATION } from "../model/generate.ts"
 import { openModelSync, type HfArch, type Model } from "../model/model.ts"
+import { addRemoteCode } from "./hf-remote.ts"
 
 export class HfExportError extends Data.TaggedError("HfExportError")<{ readonly message: string }> {}
 
@@ -108,6 +109,8 @@ export function writeHfExtras(dir: string, model: Model, tokenizer: string | und
   }
   writeAtomic(join(dir, "generation_config.json"), JSON.stringify(gen, null, 2))
   files.push("generation_config.json")
+  // No native class: bunmind's own modelling code, for `trust_remote_code=True`.
+  if (family === "minimind") files.push(...addRemoteCode(dir).filter((f) => f !== "config.json"))
   writeAtomic(join(dir, "README.md"), modelCard(dir, model, family))
   files.push("README.md")
   return files
@@ -138,7 +141,7 @@ function modelCard(dir: string, model: Model, family: string): string {
   const cls = TRANSFORMERS_CLASS[family] ?? family
   const native = family !== "minimind"
   const rows: [string, string][] = [
-    ["architecture", `${cls}${native ? "" : " (MiniMind's own; not a native transformers class)"}`],
+    ["architecture", `${cls}${native ? "" : " (MiniMind's; not a native transformers class: load with trust_remote_code=True)"}`],
     ["parameters", fmtCount(info.num_parameters)],
     ["layers × hidden", `${c.num_hidden_layers} × ${c.hidden_size}`],
     ["attention heads (kv)", `${c.num_attention_heads} (${c.num_key_value_heads ?? c.num_attention_heads})`],
@@ -157,17 +160,15 @@ function modelCard(dir: string, model: Model, family: string): string {
     if (typeof s.dpo_accuracy === "number") parts.push(`DPO accuracy ${(s.dpo_accuracy * 100).toFixed(1)}%`)
     return `- ${parts.join(", ")}`
   })
-  const load = native
-    ? [
-        "```python",
-        "from transformers import AutoModelForCausalLM, AutoTokenizer",
-        'tok = AutoTokenizer.from_pretrained("PATH")',
-        'model = AutoModelForCausalLM.from_pretrained("PATH")',
-        'ids = tok.apply_chat_template([{"role": "user", "content": "你好"}], add_generation_prompt=True, return_tensors="pt")',
-        "print(tok.decode(model.generate(ids, max_new_tokens=64)[0]))",
-        "```",
-      ]
-    : ["This architecture (e.g. shared experts, or the seed v1's interleaved RoPE) has no native transformers class; load it with bunmind, or convert it with `bunmind export hf --arch ...` after changing the architecture."]
+  const load = [
+    "```python",
+    "from transformers import AutoModelForCausalLM, AutoTokenizer",
+    'tok = AutoTokenizer.from_pretrained("PATH")',
+    `model = AutoModelForCausalLM.from_pretrained("PATH"${native ? "" : ", trust_remote_code=True"})`,
+    'ids = tok.apply_chat_template([{"role": "user", "content": "你好"}], add_generation_prompt=True, return_tensors="pt")',
+    "print(tok.decode(model.generate(ids, max_new_tokens=64)[0]))",
+    "```",
+  ]
   return [
     "---",
     "library_name: transformers",
