@@ -2,7 +2,8 @@
  * Architectures without a native transformers class, in bunmind's MiniMind format (model_type "minimind") with the
  * remote code of src/export/hf/ (`addRemoteCode`): `AutoModelForCausalLM.from_pretrained(dir,
  * trust_remote_code=True)` must give bunmind's logits at every position (≤ 1e-4), the same logits token by token
- * through its KV cache, and bunmind's greedy ids from `generate`. Each variant also has a negative control: the same
+ * through its KV cache, bunmind's greedy ids from `generate` (one prompt, and a left-padded batch of two), and what
+ * its `save_pretrained` writes must load back in bunmind with the same logits. Each variant also has a negative control: the same
  * folder loaded with its distinguishing config key switched off must NOT match (so each comparison can fail, and
  * the feature is really exercised by the probe). Norm gains and biases are randomised (init makes them 1 and 0).
  */
@@ -87,9 +88,13 @@ describe("MiniMind format → transformers (trust_remote_code)", () => {
 
         const ids = probe(24, m.vocabSize)
         const prompt = probe(8, m.vocabSize, 331)
+        const batch = [probe(5, m.vocabSize, 97), prompt]
         const ours = m.forward(ids, 1, true)
-        const [greedy] = generateBatch(m, [Uint32Array.from(prompt)], { temperature: 0, maxNewTokens: 8, stopTokenIds: [] })
-        const r = JSON.parse(py(["check", dir, JSON.stringify({ ids, greedy_prompt: prompt, greedy_new: 8, control })]).trim().split("\n").at(-1)!)
+        const greedyOpts = { temperature: 0, maxNewTokens: 8, stopTokenIds: [] }
+        const [greedy] = generateBatch(m, [Uint32Array.from(prompt)], greedyOpts)
+        const batchGreedy = batch.map((p) => generateBatch(m, [Uint32Array.from(p)], greedyOpts)[0])
+        const spec = { ids, greedy_prompt: prompt, greedy_new: 8, batch_prompts: batch, save: true, control }
+        const r = JSON.parse(py(["check", dir, JSON.stringify(spec)]).trim().split("\n").at(-1)!)
         const d = maxDiff(ours, readF32(join(dir, "remote_logits.f32")))
         const dControl = maxDiff(ours, readF32(join(dir, "control_logits.f32")))
         console.log(
@@ -101,7 +106,19 @@ describe("MiniMind format → transformers (trust_remote_code)", () => {
         expect(d).toBeLessThanOrEqual(1e-4)
         expect(r.cache_vs_full).toBeLessThanOrEqual(1e-4)
         expect(r.greedy).toEqual(greedy)
+        expect(r.batch_greedy).toEqual(batchGreedy)
         expect(dControl).toBeGreaterThan(1e-3)
+        // transformers' save_pretrained keeps the format (and the remote code): bunmind reads it back exactly.
+        const saved = join(dir, "saved")
+        for (const f of REMOTE_CODE_FILES) expect(existsSync(join(saved, f))).toBe(true)
+        expect(JSON.parse(readFileSync(join(saved, "config.json"), "utf8")).auto_map).toEqual(REMOTE_AUTO_MAP)
+        const back = openModelSync(saved)
+        try {
+          expect(back.info().warnings).toEqual([])
+          expect(maxDiff(back.forward(ids, 1, true), ours)).toBe(0)
+        } finally {
+          back.free()
+        }
       } finally {
         m.free()
       }

@@ -2,15 +2,19 @@
 
     python3 tests/interop/minimind_remote.py perturb DIR
         Adds noise to every norm gain and bias of DIR/model.safetensors (init makes them 1 and 0), so that a
-        dropped or misplaced one shows in the logits.
+        dropped or misplaced one shows in the logits, and scales the projections up (q/k ×8, the other matrices
+        but the embedding ×3): sharper attention makes RoPE's details matter, and greedy decoding of a random
+        model then varies instead of repeating one token.
 
     python3 tests/interop/minimind_remote.py check DIR SPEC_JSON
-        SPEC_JSON: {"ids": [...], "greedy_prompt": [...], "greedy_new": N, "control": {...}}. Loads DIR with
-        `AutoModelForCausalLM.from_pretrained(DIR, trust_remote_code=True)`, writes DIR/remote_logits.f32 (logits
-        of every position of `ids`, [T, V] little-endian f32, one full forward without cache) and prints JSON: the
-        model and config classes, whether lm_head is tied, the greedy continuation of `greedy_prompt` from
-        `generate` (KV cache), and the largest difference between the full forward and a token-by-token forward
-        through the cache. With `control` (config keys), it loads DIR again with those keys changed
+        SPEC_JSON: {"ids": [...], "greedy_prompt": [...], "greedy_new": N, "batch_prompts": [[...], ...],
+        "save": true, "control": {...}}. Loads DIR with `AutoModelForCausalLM.from_pretrained(DIR,
+        trust_remote_code=True)`, writes DIR/remote_logits.f32 (logits of every position of `ids`, [T, V]
+        little-endian f32, one full forward without cache) and prints JSON: the model and config classes, whether
+        lm_head is tied, the largest difference between the full forward and a token-by-token forward through the
+        KV cache, the greedy continuation of `greedy_prompt` from `generate`, and those of `batch_prompts`
+        generated as one left-padded batch. With `save`, it also writes the model with `save_pretrained` to
+        DIR/saved; with `control` (config keys), it loads DIR again with those keys changed
         (`from_pretrained(DIR, trust_remote_code=True, **control)`, the tests' negative control) and writes that
         model's logits to DIR/control_logits.f32.
 """
@@ -29,13 +33,17 @@ def perturb(d):
     for k in sorted(t):
         if k.endswith(".bias") or "norm" in k:
             t[k] = t[k] + 0.3 * torch.randn(t[k].shape, generator=g)
+        elif "q_proj" in k or "k_proj" in k:
+            t[k] = t[k] * 8
+        elif t[k].dim() == 2 and "embed_tokens" not in k:
+            t[k] = t[k] * 3
     save_file(t, p, metadata={"format": "pt"})
 
 
 def load(d, **overrides):
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(d, trust_remote_code=True, dtype=torch.float32, **overrides).eval()
+    return AutoModelForCausalLM.from_pretrained(d, trust_remote_code=True, **overrides).eval()
 
 
 def check(d, spec):
@@ -61,6 +69,18 @@ def check(d, spec):
             n = spec["greedy_new"]
             g = model.generate(p, max_new_tokens=n, min_new_tokens=n, do_sample=False, eos_token_id=None, pad_token_id=0)
             out["greedy"] = g[0, p.shape[1] :].tolist()
+        if spec.get("batch_prompts"):
+            # a left-padded batch, as a user would pass it (attention_mask 0 on the padding)
+            rows = spec["batch_prompts"]
+            width = max(len(r) for r in rows)
+            ids_b = torch.tensor([[0] * (width - len(r)) + r for r in rows])
+            mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+            n = spec["greedy_new"]
+            g = model.generate(ids_b, attention_mask=mask, max_new_tokens=n, min_new_tokens=n, do_sample=False,
+                               eos_token_id=None, pad_token_id=0)
+            out["batch_greedy"] = g[:, width:].tolist()
+        if spec.get("save"):
+            model.save_pretrained(os.path.join(d, "saved"))
         if spec.get("control") is not None:
             control = load(d, **spec["control"])(ids, use_cache=False).logits[0].float().contiguous()
             control.numpy().astype("<f4").tofile(os.path.join(d, "control_logits.f32"))

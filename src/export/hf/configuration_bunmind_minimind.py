@@ -72,6 +72,11 @@ class MiniMindConfig(PretrainedConfig):
             self.num_key_value_heads = self.num_attention_heads
         if self.head_dim is None:
             self.head_dim = self.hidden_size // self.num_attention_heads
+        if self.rope_parameters:
+            # transformers 5's layout keeps rope_theta in the dict (and its save_pretrained requires it there);
+            # bunmind reads the dict's value first, as here.
+            self.rope_parameters = dict(self.rope_parameters)
+            self.rope_theta = self.rope_parameters.setdefault("rope_theta", self.rope_theta)
         if self.moe_intermediate_size is None:
             self.moe_intermediate_size = self.intermediate_size
         self.tie_word_embeddings = tie_word_embeddings

@@ -48,7 +48,7 @@ class MiniMindRMSNorm(nn.Module):
 # ---------------------------------------------------------------------------------------------------------- RoPE
 def _transformers_scaled(inv_freq, config, p):
     """transformers' linear / llama3 / yarn frequencies (modeling_rope_utils), with bunmind's defaults."""
-    d, theta = config.head_dim, float(p.get("rope_theta") or config.rope_theta)
+    d, theta = config.head_dim, float(config.rope_theta)
     kind = p.get("rope_type", p.get("type", "default"))
     orig = getattr(config, "original_max_position_embeddings", None) or p.get("original_max_position_embeddings")
     orig = orig or config.max_position_embeddings
@@ -246,7 +246,10 @@ class MiniMindModel(MiniMindPreTrainedModel):
         x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
         b, t, _ = x.shape
         past = cache.get_seq_length() if cache is not None else 0
-        if position_ids is None:
+        if position_ids is None and attention_mask is not None and attention_mask.dim() == 2:
+            # left padding: each row counts positions from its first real token
+            position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -t:]
+        elif position_ids is None:
             position_ids = torch.arange(past, past + t, device=x.device).expand(b, t)
         if self._rope is None:
             self._rope = rope_frequencies(self.config)
@@ -261,16 +264,21 @@ class MiniMindModel(MiniMindPreTrainedModel):
 
 
 def _attention_mask(attention_mask, b, t, past, device):
-    """Additive f32 mask [B|1, 1, T, past+T]: causal, and masking the padding of a 2D `attention_mask`."""
+    """Additive f32 mask [B|1, 1, T, past+T]: causal, and masking the padding of a 2D `attention_mask`.
+
+    Masked scores get the lowest finite f32, not -inf: a padding query sees no key at all, and -inf would make its
+    softmax (and, through the next layer's keys, every row) NaN."""
     if attention_mask is not None and attention_mask.dim() == 4:  # already built (transformers' static caches)
-        m = attention_mask
-        return torch.zeros(m.shape, device=device).masked_fill(~m, float("-inf")) if m.dtype == torch.bool else m.float()
-    s = past + t
-    allowed = torch.arange(s, device=device)[None, :] <= torch.arange(past, s, device=device)[:, None]  # [T, S]
-    allowed = allowed[None, None]
-    if attention_mask is not None:
-        allowed = allowed & attention_mask[:, None, None, -s:].bool()
-    return torch.zeros(allowed.shape, device=device).masked_fill(~allowed, float("-inf"))
+        if attention_mask.dtype != torch.bool:
+            return attention_mask.float()
+        allowed = attention_mask
+    else:
+        s = past + t
+        allowed = torch.arange(s, device=device)[None, :] <= torch.arange(past, s, device=device)[:, None]  # [T, S]
+        allowed = allowed[None, None]
+        if attention_mask is not None:
+            allowed = allowed & attention_mask[:, None, None, -s:].bool()
+    return torch.zeros(allowed.shape, device=device).masked_fill(~allowed, torch.finfo(torch.float32).min)
 
 
 class MiniMindForCausalLM(MiniMindPreTrainedModel, GenerationMixin):
@@ -321,3 +329,8 @@ class MiniMindForCausalLM(MiniMindPreTrainedModel, GenerationMixin):
         if labels is not None:
             loss = F.cross_entropy(logits[:, :-1].float().flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100)
         return CausalLMOutputWithPast(loss=loss, logits=logits, **{_CACHE_FIELD: cache if use_cache else None})
+
+
+# So that save_pretrained (transformers 4.x included) copies this code and keeps config.json's auto_map.
+MiniMindConfig.register_for_auto_class()
+MiniMindForCausalLM.register_for_auto_class("AutoModelForCausalLM")
