@@ -158,7 +158,8 @@ function saveModel(name: string, config: Record<string, unknown>, seed: number):
   const dir = join(models, name)
   const m = initModelSync(config, seed)
   try {
-    m.save(dir)
+    // MiniMind's own config.json: upstream's MiniMindConfig reads it as is (bunmind reads every format).
+    m.saveHf(dir, "f32", "minimind")
   } finally {
     m.free()
   }
