@@ -7,7 +7,8 @@ import { loadModel, PRESETS } from "../model/model.ts"
 import { tokenizerVocabSize } from "../tokenizer/tokenizer.ts"
 import { distill } from "../train/distill.ts"
 import { dpo } from "../train/dpo.ts"
-import { copyTokenizer, type StageName, type StageOptions } from "../train/loop.ts"
+import { type StageName, type StageOptions } from "../train/loop.ts"
+import { publishHf } from "../export/hf.ts"
 import { lora as loraStage } from "../train/lora.ts"
 import { pretrain } from "../train/pretrain.ts"
 import { sft } from "../train/sft.ts"
@@ -265,7 +266,7 @@ const merge = Command.make(
       const warnings = yield* Effect.try({ try: () => m.loadLora(a.adapter, true), catch: (e) => e as Error })
       for (const w of warnings) console.error(`warning: ${w}`)
       m.save(a.out)
-      copyTokenizer(a.model, a.out)
+      publishHf(a.out, a.model)
       console.log(`merged ${a.adapter} into ${a.model} → ${a.out}`)
     }).pipe(Effect.scoped),
 ).pipe(Command.withDescription("fold LoRA adapters into the base weights"))

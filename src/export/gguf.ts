@@ -11,7 +11,8 @@
  * as ChatML / MiniMind's); otherwise the Modelfile has no TEMPLATE and Ollama reads `tokenizer.chat_template`.
  * Tools and reasoning fields are not carried over (Ollama's `.Tools` / `.Thinking` stay unused).
  */
-import { existsSync, renameSync, statSync, writeFileSync } from "node:fs"
+import { existsSync, statSync } from "node:fs"
+import { writeFileAtomic } from "../util/fs.ts"
 import { basename, dirname, join, resolve } from "node:path"
 import { Data } from "effect"
 import { loadNativeSync, utf8, ptrOf } from "../native/library.ts"
@@ -117,9 +118,7 @@ export function exportGguf(opts: GgufExportOptions): GgufExportResult {
   if (opts.modelfile !== false) {
     const m = ollamaModelfile(basename(out), report, tcfg)
     modelfile = join(dirname(out), "Modelfile")
-    const tmp = `${modelfile}.tmp`
-    writeFileSync(tmp, m.text)
-    renameSync(tmp, modelfile)
+    writeFileAtomic(modelfile, m.text)
     templateNote = m.note
   }
   return { report, modelfile, templateNote, seconds: (performance.now() - started) / 1000 }

@@ -5,8 +5,9 @@
  * `AutoModelForCausalLM.from_pretrained(dir, trust_remote_code=True)` loads the folder and computes what bunmind
  * computes (tests/interop-minimind-remote.test.ts).
  */
-import { readFileSync, renameSync, writeFileSync } from "node:fs"
+import { readFileSync } from "node:fs"
 import { join } from "node:path"
+import { writeFileAtomic, writeJsonAtomic } from "../util/fs.ts"
 
 /** The remote-code files, in this directory's `hf/` (copied under the same names). */
 export const REMOTE_CODE_FILES = ["configuration_bunmind_minimind.py", "modeling_bunmind_minimind.py"] as const
@@ -15,11 +16,6 @@ export const REMOTE_AUTO_MAP = {
   AutoConfig: "configuration_bunmind_minimind.MiniMindConfig",
   AutoModelForCausalLM: "modeling_bunmind_minimind.MiniMindForCausalLM",
 } as const
-
-function writeAtomic(path: string, data: string | Uint8Array): void {
-  writeFileSync(`${path}.tmp`, data)
-  renameSync(`${path}.tmp`, path)
-}
 
 /**
  * Makes a MiniMind-format folder loadable by transformers with `trust_remote_code=True`: writes the two Python
@@ -32,7 +28,7 @@ export function addRemoteCode(dir: string): string[] {
   if (config.model_type !== "minimind") {
     throw new Error(`${configPath}: model_type is ${JSON.stringify(config.model_type)}; remote code is for "minimind" only`)
   }
-  for (const f of REMOTE_CODE_FILES) writeAtomic(join(dir, f), readFileSync(join(import.meta.dir, "hf", f)))
-  writeAtomic(configPath, JSON.stringify({ ...config, auto_map: REMOTE_AUTO_MAP }, null, 2))
+  for (const f of REMOTE_CODE_FILES) writeFileAtomic(join(dir, f), readFileSync(join(import.meta.dir, "hf", f)))
+  writeJsonAtomic(configPath, { ...config, auto_map: REMOTE_AUTO_MAP })
   return [...REMOTE_CODE_FILES, "config.json"]
 }

@@ -11,11 +11,13 @@
  *
  * The same files are written next to every stage's published model (`writeHfExtras`).
  */
-import { copyFileSync, existsSync, mkdirSync, readFileSync, readdirSync, renameSync, statSync, writeFileSync } from "node:fs"
+import { copyFileSync, existsSync, mkdirSync, readFileSync, readdirSync, statSync } from "node:fs"
 import { basename, dirname, join, resolve } from "node:path"
 import { Data } from "effect"
 import { DEFAULT_GENERATION } from "../model/generate.ts"
 import { openModelSync, type HfArch, type Model } from "../model/model.ts"
+import { loadTokenizerConfig } from "../tokenizer/chat-template.ts"
+import { writeFileAtomic, writeJsonAtomic } from "../util/fs.ts"
 import { addRemoteCode } from "./hf-remote.ts"
 
 export class HfExportError extends Data.TaggedError("HfExportError")<{ readonly message: string }> {}
@@ -45,20 +47,15 @@ const TRANSFORMERS_CLASS: Record<string, string> = {
   minimind: "MiniMindForCausalLM",
 }
 
-function writeAtomic(path: string, text: string): void {
-  writeFileSync(`${path}.tmp`, text)
-  renameSync(`${path}.tmp`, path)
-}
-
 /** The directory holding tokenizer.json for `tokenizer` (a file or a directory). */
 function tokenizerDir(tokenizer: string): string {
   return existsSync(join(tokenizer, "tokenizer.json")) ? tokenizer : dirname(tokenizer)
 }
 
-/** The chat template of a tokenizer directory: tokenizer_config.json's, else chat_template.jinja. */
+/** The chat template of a tokenizer directory, with transformers' precedence (see `loadTokenizerConfig`); none if it has none. */
 function chatTemplate(dir: string, config: Record<string, unknown>): string | undefined {
-  if (typeof config.chat_template === "string") return config.chat_template
   const jinja = join(dir, "chat_template.jinja")
+  if (existsSync(join(dir, "tokenizer_config.json")) && (config.chat_template != null || existsSync(jinja))) return loadTokenizerConfig(dir).chatTemplate
   return existsSync(jinja) ? readFileSync(jinja, "utf8") : undefined
 }
 
@@ -86,13 +83,13 @@ export function writeHfExtras(dir: string, model: Model, tokenizer: string | und
     const out: Record<string, unknown> = { tokenizer_class: "PreTrainedTokenizerFast", ...tokCfg }
     if (template !== undefined) {
       out.chat_template = template
-      writeAtomic(join(dir, "chat_template.jinja"), template)
+      writeFileAtomic(join(dir, "chat_template.jinja"), template)
       files.push("chat_template.jinja")
     }
     if (out.model_max_length === undefined || Number(out.model_max_length) > model.config.max_position_embeddings) {
       out.model_max_length = model.config.max_position_embeddings
     }
-    writeAtomic(join(dir, "tokenizer_config.json"), JSON.stringify(out, null, 2))
+    writeJsonAtomic(join(dir, "tokenizer_config.json"), out)
     files.push("tokenizer_config.json")
   }
   const stops = model.stopTokenIds
@@ -107,11 +104,11 @@ export function writeHfExtras(dir: string, model: Model, tokenizer: string | und
     repetition_penalty: DEFAULT_GENERATION.repetitionPenalty,
     max_new_tokens: DEFAULT_GENERATION.maxNewTokens,
   }
-  writeAtomic(join(dir, "generation_config.json"), JSON.stringify(gen, null, 2))
+  writeJsonAtomic(join(dir, "generation_config.json"), gen)
   files.push("generation_config.json")
   // No native class: bunmind's own modelling code, for `trust_remote_code=True`.
   if (family === "minimind") files.push(...addRemoteCode(dir).filter((f) => f !== "config.json"))
-  writeAtomic(join(dir, "README.md"), modelCard(dir, model, family))
+  writeFileAtomic(join(dir, "README.md"), modelCard(dir, model, family))
   files.push("README.md")
   return files
 }
@@ -225,7 +222,6 @@ export function exportHf(o: HfExportOptions): HfExportReport {
   try {
     mkdirSync(o.out, { recursive: true })
     const family = model.saveHf(o.out, o.dtype ?? "f32", o.arch ?? "auto")
-    // generation_config.json of the source (its eos ids) is what stopTokenIds read: keep it authoritative.
     const extras = writeHfExtras(o.out, model, o.tokenizer, family)
     return { out: o.out, family, native: family !== "minimind", files: ["config.json", "model.safetensors", ...extras] }
   } finally {

@@ -88,7 +88,7 @@ export class Model {
         try {
           g = JSON.parse(readFileSync(gen, "utf8"))
         } catch (e) {
-          throw new NativeError({ code: -1, op: "generation_config.json", message: `${gen}: not valid JSON: ${(e as Error).message}` })
+          throw new Error(`${gen}: not valid JSON: ${(e as Error).message}`)
         }
         ids.push(...(Array.isArray(g.eos_token_id) ? g.eos_token_id : [g.eos_token_id]))
       }

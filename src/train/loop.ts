@@ -576,7 +576,3 @@ export const runStageHere = (o: StageOptions) =>
     return s
   }).pipe(Effect.scoped)
 
-/** Tokenizer files, generation_config.json and a model card next to a model bunmind saved (see `publishHf`). */
-export function copyTokenizer(tokenizer: string, dir: string): void {
-  publishHf(dir, tokenizer)
-}

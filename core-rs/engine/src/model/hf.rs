@@ -171,11 +171,8 @@ impl<'a> Reader<'a> {
     }
     /// A token id: an integer, null (none), or a list of ids (the first is kept).
     fn token_id(&self, k: &str) -> Result<Option<Option<u32>>> {
-        let Some(v) = self.obj.get(k) else {
-            self.seen.borrow_mut().insert(k.to_string());
-            return Ok(None);
-        };
         self.seen.borrow_mut().insert(k.to_string());
+        let Some(v) = self.obj.get(k) else { return Ok(None) };
         let one = |x: &Value| x.as_u64().filter(|&i| i <= u32::MAX as u64).map(|i| i as u32);
         match v {
             Value::Null => Ok(Some(None)),
