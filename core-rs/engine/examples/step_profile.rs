@@ -5,7 +5,7 @@
 //! `LORA=1` (MiniMind's adapters: rank 16 on q_proj, o_proj), `LORA=all` (all seven projections)
 //! or `LORA=q_proj,v_proj,...` times whole `Trainer::step`s of LoRA training instead (one
 //! micro-batch, grad clipping, AdamW on the adapters); `LORA_R` sets the rank. The trainer takes
-//! the hand-written step unless `BUNMIND_FAST_STEP=0`.
+//! the hand-written step unless `BUNMIND_HANDWRITTEN_CPU=0` (old name `BUNMIND_FAST_STEP`).
 use std::time::Instant;
 
 use bunmind_engine::model::lora::LORA_TARGETS;
@@ -55,7 +55,7 @@ fn main() -> bunmind_engine::Result<()> {
         };
         let r: usize = std::env::var("LORA_R").ok().and_then(|s| s.parse().ok()).unwrap_or(16);
         let lora = LoraConfig { r, lora_alpha: r as f64, target_modules, ..Default::default() };
-        let path = if bunmind_engine::fast::enabled() { "hand-written step" } else { "autograd (BUNMIND_FAST_STEP=0)" };
+        let path = if bunmind_engine::fast::enabled() { "hand-written step" } else { "autograd (BUNMIND_HANDWRITTEN_CPU=0)" };
         println!("LoRA r={r} on {:?}, {path}, hidden {} × {} layers, vocab {v}, batch {b}×{t}", lora.target_modules, cfg.hidden_size, cfg.num_hidden_layers);
         let model = Model::new(&cfg, 1, &dev)?;
         let mut tr = Trainer::new(model, TrainerConfig { lora: Some(lora), ..Default::default() }, None, None)?;

@@ -2,6 +2,7 @@
 //! in the `ffi` crate and the browser build in `wasm`.
 pub mod device;
 pub mod dist;
+pub mod env;
 pub mod error;
 pub mod export;
 #[cfg(not(target_arch = "wasm32"))]
@@ -10,6 +11,7 @@ pub mod generate;
 pub mod kernels;
 pub mod model;
 pub mod ops;
+pub mod path;
 pub mod tokenizer;
 pub mod train;
 pub mod trainer;

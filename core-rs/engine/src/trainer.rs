@@ -15,6 +15,7 @@ use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::model::{DropoutSource, LoraAdapters, LoraConfig, Model};
+use crate::path::{self, StepPath, Work};
 use crate::train::{
     self, distill_loss, dpo_loss, masked_cross_entropy_sum, sequence_logprobs, AdamW, AdamWConfig, MicroLoss, Param, Rng,
     RngState,
@@ -151,21 +152,8 @@ pub struct StepResult {
     pub stop: bool,
     /// Number of ranks that took part in the step (1 without data parallelism).
     pub world_size: usize,
-}
-
-/// True when the LM objective can train `model` through [`crate::fast::lm_step`]: a dense CPU
-/// f32 model (all weights, or LoRA adapters on a frozen base) without dropout (model or LoRA),
-/// unless `BUNMIND_FAST_STEP=0`. `lora`: this trainer trains adapters only. The fast step trains
-/// the adapters exactly when some are attached, so a full-weight run on a model that carries
-/// (fixed) adapters, e.g. loaded through the FFI, goes through autograd.
-#[cfg(not(target_arch = "wasm32"))]
-fn fast_step_applies(model: &Model, lora: bool) -> bool {
-    crate::fast::enabled() && model.has_lora() == lora && crate::fast::unsupported_step(model).is_none()
-}
-
-#[cfg(target_arch = "wasm32")]
-fn fast_step_applies(_model: &Model, _lora: bool) -> bool {
-    false
+    /// Which implementation ran the step: `"handwritten"` or `"autograd"` ([`crate::path::StepPath`]).
+    pub step_path: &'static str,
 }
 
 /// One micro-batch through the hand-written step: the summed loss, its token count, and the
@@ -178,7 +166,7 @@ fn fast_micro_loss(model: &Model, batch: &Batch, dev: &Device) -> Result<MicroLo
 
 #[cfg(target_arch = "wasm32")]
 fn fast_micro_loss(_model: &Model, _batch: &Batch, _dev: &Device) -> Result<MicroLoss> {
-    unreachable!("fast_step_applies is false on wasm32")
+    unreachable!("path::choose never picks the hand-written step on wasm32")
 }
 
 /// A micro-batch's summed loss and gradients as its token mean with weight 1 ([`AccumMean::Micro`]).
@@ -326,6 +314,16 @@ impl Trainer {
         self.step
     }
 
+    /// Which implementation [`Trainer::step`] uses now: the hand-written LM step for the LM
+    /// objective when [`crate::path::choose`] allows it, autograd otherwise (with the reason).
+    pub fn step_path(&self) -> StepPath {
+        match self.cfg.objective {
+            Objective::Lm => path::choose(&self.model, Work::LmStep { lora: self.adapters.is_some() }),
+            Objective::Dpo { .. } => StepPath::Autograd { reason: "the dpo objective".into() },
+            Objective::Distill { .. } => StepPath::Autograd { reason: "the distill objective".into() },
+        }
+    }
+
     pub fn trainable_parameters(&self) -> usize {
         self.opt.params().iter().map(|p| p.var.as_tensor().elem_count()).sum()
     }
@@ -347,7 +345,8 @@ impl Trainer {
         let dropout_p = self.model.config().dropout.max(self.model.lora_dropout());
         let n_micro = micro.len() as f64;
         // The hand-written dense step (same arithmetic, no autograd graph) when it applies.
-        let use_fast = fast_step_applies(&self.model, self.adapters.is_some());
+        let step_path = self.step_path();
+        let use_fast = step_path.is_handwritten();
         let grad_clip = self.cfg.grad_clip;
         // Summed over the ranks with the gradients: tokens and stop requests. (The reported MoE
         // aux loss stays this rank's.)
@@ -442,6 +441,7 @@ impl Trainer {
             ce,
             stop,
             world_size,
+            step_path: step_path.name(),
         })
     }
 

@@ -2,7 +2,7 @@
 //! forward for a prompt into an empty cache) against candle's graph forward (`forward_train`, no
 //! cache): the logits of every prompt position, then decoding further tokens through the cache it
 //! filled (keys/values in the cached attention's layout, RoPE positions continuing).
-//! Its own binary: no test here turns the fast path off (`BUNMIND_FAST_STEP`).
+//! Its own binary: no test here turns the fast path off (`BUNMIND_HANDWRITTEN_CPU`).
 use bunmind_engine::fast;
 use bunmind_engine::model::{LoraAdapters, LoraConfig, Model, ModelConfig};
 use candle_core::{Device, Tensor, D};

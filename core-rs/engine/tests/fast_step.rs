@@ -216,7 +216,8 @@ fn matches_finite_differences() {
 #[test]
 fn trainer_fast_and_autograd_steps_agree() {
     // Same seed, same batches: five optimizer steps with the fast step and with autograd, for full
-    // training and for LoRA. (One test function: it toggles BUNMIND_FAST_STEP, which is global.)
+    // training and for LoRA. (One test function: it toggles BUNMIND_FAST_STEP, the old name of BUNMIND_HANDWRITTEN_CPU,
+    // which is global.)
     let run = |c: &ModelConfig, tc: &TrainerConfig, lr: f64, fast_on: bool| {
         std::env::set_var("BUNMIND_FAST_STEP", if fast_on { "1" } else { "0" });
         let model = Model::new(c, 1, &Device::Cpu).unwrap();
@@ -224,10 +225,15 @@ fn trainer_fast_and_autograd_steps_agree() {
         // The trainer takes the fast step exactly when the switch is on and the model qualifies.
         assert!(fast::unsupported_step(&tr.model).is_none());
         assert_eq!(fast::enabled(), fast_on);
+        let want = if fast_on { "handwritten" } else { "autograd" };
+        assert_eq!(tr.step_path().name(), want);
+        assert_eq!(tr.step_path().reason().is_some(), !fast_on);
         let losses: Vec<f64> = (0..5)
             .map(|_| {
                 let micro = [batch(2, 40, c.vocab_size as u32, 1, true), batch(1, 40, c.vocab_size as u32, 100, true)];
-                tr.step(&micro, lr).unwrap().loss
+                let r = tr.step(&micro, lr).unwrap();
+                assert_eq!(r.step_path, want);
+                r.loss
             })
             .collect();
         std::env::remove_var("BUNMIND_FAST_STEP");

@@ -207,7 +207,9 @@ pub unsafe extern "C" fn bm_trainer_load_checkpoint(h: u32, dir: *const u8, len:
     })
 }
 
-/// `{"step", "trainable_parameters", "compute_dtype", "device", "config"}`.
+/// `{"step", "trainable_parameters", "compute_dtype", "device", "config", "dist", "step_path",
+/// "step_path_reason"}`: `step_path` is `"handwritten"` or `"autograd"`, `step_path_reason` why
+/// autograd (null for the hand-written step).
 ///
 /// # Safety
 /// See [`write_bytes`].
@@ -216,6 +218,7 @@ pub unsafe extern "C" fn bm_trainer_info(h: u32, buf: *mut u8, cap: usize, out_l
     guard(|| {
         let tr = trainer(h)?;
         let tr = tr.lock().unwrap_or_else(|p| p.into_inner());
+        let path = tr.step_path();
         let info = serde_json::json!({
             "step": tr.step_count(),
             "trainable_parameters": tr.trainable_parameters(),
@@ -223,6 +226,8 @@ pub unsafe extern "C" fn bm_trainer_info(h: u32, buf: *mut u8, cap: usize, out_l
             "device": bunmind_engine::device::device_name(tr.model.device()),
             "config": serde_json::to_value(tr.config()).unwrap_or_default(),
             "dist": tr.dist_info().map(|(rank, world_size, backend)| serde_json::json!({"rank": rank, "world_size": world_size, "backend": backend})),
+            "step_path": path.name(),
+            "step_path_reason": path.reason(),
         });
         write_bytes(info.to_string().as_bytes(), buf, cap, out_len)
     })

@@ -46,7 +46,7 @@ impl TcpCollective {
             return Ok(TcpCollective { rank: 0, world: 1, peers, timeout });
         }
         if cfg.rank == 0 {
-            let host = std::env::var("BUNMIND_DIST_HOST").unwrap_or_else(|_| "127.0.0.1".into());
+            let host = crate::env::dist_host();
             let listener = TcpListener::bind((host.as_str(), 0)).map_err(|e| io_err(format!("rank 0 cannot listen on {host}"), e))?;
             let addr = listener.local_addr().map_err(|e| io_err("listener address", e))?;
             publish(&cfg.rendezvous, format!("{PREFIX}{addr}\n").as_bytes())?;

@@ -5,7 +5,8 @@
 //! about 2× for LoRA (adapters on a frozen base: no frozen weight's gradient is computed; trainer
 //! steps on minimind2-small, rank 16 on q/o, `examples/step_profile.rs` with `LORA=1`); the
 //! trainer uses it whenever [`dense::unsupported_step`] returns `None`, i.e. also no dropout,
-//! model or LoRA (set `BUNMIND_FAST_STEP=0` to force autograd). Its gradients are checked against
+//! model or LoRA (set `BUNMIND_HANDWRITTEN_CPU=0`, old name `BUNMIND_FAST_STEP=0`, to force
+//! autograd; the choice is [`crate::path::choose`]). Its gradients are checked against
 //! the autograd graph and against finite differences in `tests/fast_step.rs`. [`dense::prefill`]
 //! is its forward alone (with or without adapters), for a prompt into an empty KV cache.
 pub mod dense;
@@ -14,7 +15,8 @@ pub(crate) mod vmath;
 
 pub use dense::{lm_step, prefill, unsupported, unsupported_step, LmStep, Prefill};
 
-/// False when `BUNMIND_FAST_STEP=0` is set: every step then goes through candle's autograd.
+/// False when `BUNMIND_HANDWRITTEN_CPU=0` (or the old `BUNMIND_FAST_STEP=0`) is set: every step
+/// and every prefill then goes through candle's graph ([`crate::env::handwritten_cpu`]).
 pub fn enabled() -> bool {
-    std::env::var("BUNMIND_FAST_STEP").map(|v| v != "0").unwrap_or(true)
+    crate::env::handwritten_cpu()
 }

@@ -342,7 +342,7 @@ impl Model {
         let padded = cache.left_padding().iter().any(|&p| p > 0);
         // A prompt into an empty cache: the hand-written forward when it applies (dense CPU f32).
         #[cfg(not(target_arch = "wasm32"))]
-        if start_pos == 0 && t > 1 && !padded && crate::fast::enabled() && crate::fast::unsupported(self).is_none() {
+        if start_pos == 0 && t > 1 && !padded && crate::path::choose(self, crate::path::Work::Prefill).is_handwritten() {
             return self.prefill_fast(&ids, b, t, cache);
         }
         let mut ctx = ForwardCtx::inference();

@@ -26,7 +26,7 @@ mod glibc {
 pub fn tune_for_training() -> bool {
     static mut ACTIVE: bool = false;
     TUNE.call_once(|| {
-        if std::env::var("BUNMIND_MALLOC_TUNE").map(|v| v == "0").unwrap_or(false) {
+        if !crate::env::malloc_tune() {
             return;
         }
         #[cfg(all(target_os = "linux", target_env = "gnu"))]

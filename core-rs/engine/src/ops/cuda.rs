@@ -16,7 +16,7 @@ pub const KERNELS_BUILT: bool = cfg!(feature = "cuda");
 /// Fused kernels on CUDA tensors: on unless `BUNMIND_CUDA_FUSED=0` (read once per process).
 pub fn cuda_fused_enabled() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| KERNELS_BUILT && std::env::var("BUNMIND_CUDA_FUSED").map(|v| v != "0").unwrap_or(true))
+    *ON.get_or_init(|| KERNELS_BUILT && crate::env::cuda_fused())
 }
 
 #[cfg(feature = "cuda")]
