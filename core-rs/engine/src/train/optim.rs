@@ -159,9 +159,10 @@ impl AdamW {
         self.steps
     }
 
-    /// One AdamW update with learning rate `lr` (the caller's schedule sets it each step).
+    /// One AdamW update with learning rate `lr` (the caller's schedule sets it each step): the
+    /// formula of [`Update`] on each parameter with a gradient, through the backend its storage
+    /// allows ([`Backend`]).
     pub fn step(&mut self, grads: &GradStore, lr: f64) -> Result<StepStats> {
-        let AdamWConfig { beta1, beta2, eps, weight_decay } = self.config;
         let mut stats = StepStats::default();
         for (p, st) in self.params.iter().zip(self.state.iter_mut()) {
             let Some(g) = grads.get(p.var.as_tensor()) else {
@@ -172,95 +173,18 @@ impl AdamW {
             if g.shape() != p.var.shape() {
                 return Err(Error::tensor(&p.name, format!("gradient shape {:?} != parameter shape {:?}", g.shape(), p.var.shape())));
             }
-            #[cfg(feature = "cuda")]
-            if p.var.device().is_cuda()
-                && crate::ops::cuda::cuda_fused_enabled()
-                && p.var.dtype() == DType::F32
-                && g.dtype() == DType::F32
-                && g.is_contiguous()
-                && p.var.is_contiguous()
-            {
-                // One kernel reads p, g, m, v and writes p, m, v (cuda/adamw.cu); all f32.
-                let m = match st.m.take() {
-                    Some(m) => m,
-                    None => Tensor::zeros(p.var.shape(), DType::F32, p.var.device())?,
-                };
-                let v = match st.v.take() {
-                    Some(v) => v,
-                    None => Tensor::zeros(p.var.shape(), DType::F32, p.var.device())?,
-                };
-                st.step += 1;
-                let t = st.step as i32;
-                let (bc1, bc2) = (1.0 - beta1.powi(t), 1.0 - beta2.powi(t));
-                let h = crate::ops::cuda::AdamWStep {
-                    beta1: beta1 as f32,
-                    beta2: beta2 as f32,
-                    decay: if p.decay && weight_decay != 0.0 { (1.0 - lr * weight_decay) as f32 } else { 1.0 },
-                    step: (lr / bc1) as f32,
-                    inv_sqrt_bc2: (1.0 / bc2.sqrt()) as f32,
-                    eps: eps as f32,
-                };
-                p.var.as_tensor().inplace_op3(&m, &v, &crate::ops::cuda::AdamWOp { grad: g.clone(), h })?;
-                st.m = Some(m);
-                st.v = Some(v);
-                stats.updated += 1;
-                continue;
-            }
-            let fused = g.device().is_cpu()
-                && g.dtype() == DType::F32
-                && p.var.dtype() == DType::F32
-                && g.is_contiguous()
-                && p.var.is_contiguous();
-            if fused {
-                // Same arithmetic as the tensor-op path below, element by element, in place:
-                // no temporaries (the moments are owned by the optimizer, never shared).
-                let m = match st.m.take() {
-                    Some(m) => m,
-                    None => g.zeros_like()?,
-                };
-                let v = match st.v.take() {
-                    Some(v) => v,
-                    None => g.zeros_like()?,
-                };
-                m.inplace_op2(g, &MomentUpdate { beta: beta1 as f32, one_minus: (1.0 - beta1) as f32, square: false })?;
-                v.inplace_op2(g, &MomentUpdate { beta: beta2 as f32, one_minus: (1.0 - beta2) as f32, square: true })?;
-                st.step += 1;
-                let t = st.step as i32;
-                let bc1 = 1.0 - beta1.powi(t);
-                let bc2 = 1.0 - beta2.powi(t);
-                let op = ParamUpdate {
-                    decay: (p.decay && weight_decay != 0.0).then_some((1.0 - lr * weight_decay) as f32),
-                    inv_sqrt_bc2: (1.0 / bc2.sqrt()) as f32,
-                    eps: eps as f32,
-                    step: (lr / bc1) as f32,
-                };
-                p.var.as_tensor().inplace_op3(&m, &v, &op)?;
-                st.m = Some(m);
-                st.v = Some(v);
-                stats.updated += 1;
-                continue;
-            }
-            let g = g.detach().to_dtype(DType::F32)?;
-            let mut w = p.var.as_tensor().detach().to_dtype(DType::F32)?;
-            if p.decay && weight_decay != 0.0 {
-                w = w.affine(1.0 - lr * weight_decay, 0.0)?;
-            }
+            let zeros = || Tensor::zeros(p.var.shape(), DType::F32, p.var.device());
             let m = match st.m.take() {
-                Some(m) => (m.affine(beta1, 0.0)? + g.affine(1.0 - beta1, 0.0)?)?,
-                None => g.affine(1.0 - beta1, 0.0)?,
+                Some(m) => m,
+                None => zeros()?,
             };
             let v = match st.v.take() {
-                Some(v) => (v.affine(beta2, 0.0)? + g.sqr()?.affine(1.0 - beta2, 0.0)?)?,
-                None => g.sqr()?.affine(1.0 - beta2, 0.0)?,
+                Some(v) => v,
+                None => zeros()?,
             };
             st.step += 1;
-            let t = st.step as i32;
-            let bc1 = 1.0 - beta1.powi(t);
-            let bc2 = 1.0 - beta2.powi(t);
-            let denom = v.sqrt()?.affine(1.0 / bc2.sqrt(), eps)?;
-            let update = (m.div(&denom)?).affine(lr / bc1, 0.0)?;
-            w = (w - update)?;
-            p.var.set(&w.to_dtype(p.var.dtype())?)?;
+            let u = Update::new(&self.config, lr, st.step, p.decay);
+            let (m, v) = Backend::for_param(&p.var, g).apply(&u, &p.var, g, m, v)?;
             st.m = Some(m);
             st.v = Some(v);
             stats.updated += 1;
@@ -361,7 +285,149 @@ fn f32_ref<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> candle_core::Result<&
 
 const CHUNK: usize = 1 << 14;
 
-/// `m ← β·m + (1 − β)·g` (or `g²` when `square`), in place.
+/// The update of one parameter at its step `t` (1-based), as the scalars every backend applies:
+/// ```text
+/// m ← β1·m + (1 − β1)·g
+/// v ← β2·v + (1 − β2)·g²
+/// w ← w·decay − step · m / (√v · inv_sqrt_bc2 + ε)
+/// decay = 1 − lr·wd (1 without decay), step = lr / (1 − β1^t), inv_sqrt_bc2 = 1 / √(1 − β2^t)
+/// ```
+#[derive(Debug, Clone, Copy)]
+struct Update {
+    beta1: f64,
+    beta2: f64,
+    decay: f64,
+    step: f64,
+    inv_sqrt_bc2: f64,
+    eps: f64,
+}
+
+impl Update {
+    fn new(c: &AdamWConfig, lr: f64, t: u64, decay: bool) -> Update {
+        let t = t as i32;
+        Update {
+            beta1: c.beta1,
+            beta2: c.beta2,
+            decay: if decay && c.weight_decay != 0.0 { 1.0 - lr * c.weight_decay } else { 1.0 },
+            step: lr / (1.0 - c.beta1.powi(t)),
+            inv_sqrt_bc2: 1.0 / (1.0 - c.beta2.powi(t)).sqrt(),
+            eps: c.eps,
+        }
+    }
+
+}
+
+/// [`Update`]'s scalars in f32, and its formula on one element in f32 (the CPU backend; the CUDA
+/// kernel `cuda/adamw.cu` does the same per thread).
+#[derive(Debug, Clone, Copy)]
+struct UpdateF32 {
+    beta1: f32,
+    one_minus_beta1: f32,
+    beta2: f32,
+    one_minus_beta2: f32,
+    decay: f32,
+    step: f32,
+    inv_sqrt_bc2: f32,
+    eps: f32,
+}
+
+impl From<&Update> for UpdateF32 {
+    fn from(u: &Update) -> UpdateF32 {
+        UpdateF32 {
+            beta1: u.beta1 as f32,
+            one_minus_beta1: (1.0 - u.beta1) as f32,
+            beta2: u.beta2 as f32,
+            one_minus_beta2: (1.0 - u.beta2) as f32,
+            decay: u.decay as f32,
+            step: u.step as f32,
+            inv_sqrt_bc2: u.inv_sqrt_bc2 as f32,
+            eps: u.eps as f32,
+        }
+    }
+}
+
+impl UpdateF32 {
+    /// `m ← β·m + (1 − β)·x` (x = g for the first moment, g² for the second).
+    #[inline(always)]
+    fn moment(beta: f32, one_minus: f32, m: &mut f32, x: f32) {
+        *m = *m * beta + x * one_minus;
+    }
+
+    /// `w ← w·decay − step · m / (√v · inv_sqrt_bc2 + ε)`.
+    #[inline(always)]
+    fn param(&self, w: &mut f32, m: f32, v: f32) {
+        *w = *w * self.decay - (m / (v.sqrt() * self.inv_sqrt_bc2 + self.eps)) * self.step;
+    }
+}
+
+/// Where [`Update`] runs for one parameter.
+enum Backend {
+    /// bunmind's fused kernel (`cuda/adamw.cu`): f32 contiguous parameter and gradient on CUDA.
+    #[cfg(feature = "cuda")]
+    CudaFused,
+    /// In-place passes over the f32 slices ([`MomentUpdate`], [`ParamUpdate`]): f32 contiguous
+    /// CPU tensors.
+    CpuSlices,
+    /// candle tensor ops in f32 (any device or dtype; the parameter is cast back to its dtype).
+    Tensors,
+}
+
+impl Backend {
+    fn for_param(w: &Var, g: &Tensor) -> Backend {
+        let f32_contiguous = w.dtype() == DType::F32 && g.dtype() == DType::F32 && w.is_contiguous() && g.is_contiguous();
+        #[cfg(feature = "cuda")]
+        if f32_contiguous && w.device().is_cuda() && crate::ops::cuda::cuda_fused_enabled() {
+            return Backend::CudaFused;
+        }
+        if f32_contiguous && w.device().is_cpu() && g.device().is_cpu() {
+            Backend::CpuSlices
+        } else {
+            Backend::Tensors
+        }
+    }
+
+    /// Applies `u` to `w` with gradient `g` and moments `m`, `v` (f32, the optimizer's own
+    /// buffers); returns the new moments.
+    fn apply(self, u: &Update, w: &Var, g: &Tensor, m: Tensor, v: Tensor) -> Result<(Tensor, Tensor)> {
+        match self {
+            #[cfg(feature = "cuda")]
+            Backend::CudaFused => {
+                let k = UpdateF32::from(u);
+                let h = crate::ops::cuda::AdamWStep {
+                    beta1: k.beta1,
+                    beta2: k.beta2,
+                    decay: k.decay,
+                    step: k.step,
+                    inv_sqrt_bc2: k.inv_sqrt_bc2,
+                    eps: k.eps,
+                };
+                w.as_tensor().inplace_op3(&m, &v, &crate::ops::cuda::AdamWOp { grad: g.clone(), h })?;
+                Ok((m, v))
+            }
+            Backend::CpuSlices => {
+                // Three in-place passes (candle's in-place ops write one operand each); no
+                // temporaries.
+                let k = UpdateF32::from(u);
+                m.inplace_op2(g, &MomentUpdate { beta: k.beta1, one_minus: k.one_minus_beta1, square: false })?;
+                v.inplace_op2(g, &MomentUpdate { beta: k.beta2, one_minus: k.one_minus_beta2, square: true })?;
+                w.as_tensor().inplace_op3(&m, &v, &ParamUpdate(k))?;
+                Ok((m, v))
+            }
+            Backend::Tensors => {
+                let g = g.detach().to_dtype(DType::F32)?;
+                let m = (m.affine(u.beta1, 0.0)? + g.affine(1.0 - u.beta1, 0.0)?)?;
+                let v = (v.affine(u.beta2, 0.0)? + g.sqr()?.affine(1.0 - u.beta2, 0.0)?)?;
+                let denom = v.sqrt()?.affine(u.inv_sqrt_bc2, u.eps)?;
+                let w32 = w.as_tensor().detach().to_dtype(DType::F32)?.affine(u.decay, 0.0)?;
+                let new = (w32 - m.div(&denom)?.affine(u.step, 0.0)?)?;
+                w.set(&new.to_dtype(w.dtype())?)?;
+                Ok((m, v))
+            }
+        }
+    }
+}
+
+/// [`UpdateF32::moment`] with x = g (or g² when `square`), in place on m.
 struct MomentUpdate {
     beta: f32,
     one_minus: f32,
@@ -378,31 +444,18 @@ impl InplaceOp2 for MomentUpdate {
         if m.len() != g.len() {
             candle_core::bail!("adamw-moment: size mismatch");
         }
-        let (b, c) = (self.beta, self.one_minus);
-        if self.square {
-            m.par_chunks_mut(CHUNK).zip(g.par_chunks(CHUNK)).for_each(|(m, g)| {
-                for (mi, &gi) in m.iter_mut().zip(g) {
-                    *mi = *mi * b + (gi * gi) * c;
-                }
-            });
-        } else {
-            m.par_chunks_mut(CHUNK).zip(g.par_chunks(CHUNK)).for_each(|(m, g)| {
-                for (mi, &gi) in m.iter_mut().zip(g) {
-                    *mi = *mi * b + gi * c;
-                }
-            });
-        }
+        let (b, c, square) = (self.beta, self.one_minus, self.square);
+        m.par_chunks_mut(CHUNK).zip(g.par_chunks(CHUNK)).for_each(|(m, g)| {
+            for (mi, &gi) in m.iter_mut().zip(g) {
+                UpdateF32::moment(b, c, mi, if square { gi * gi } else { gi });
+            }
+        });
         Ok(())
     }
 }
 
-/// `w ← w·decay − step · m / (√v · inv_sqrt_bc2 + ε)`, in place.
-struct ParamUpdate {
-    decay: Option<f32>,
-    inv_sqrt_bc2: f32,
-    eps: f32,
-    step: f32,
-}
+/// [`UpdateF32::param`], in place on the parameter, with (exp_avg, exp_avg_sq) as operands.
+struct ParamUpdate(UpdateF32);
 
 impl InplaceOp3 for ParamUpdate {
     fn name(&self) -> &'static str {
@@ -423,15 +476,10 @@ impl InplaceOp3 for ParamUpdate {
         if w.len() != m.len() || w.len() != v.len() {
             candle_core::bail!("adamw-update: size mismatch");
         }
-        let (c, eps, k) = (self.inv_sqrt_bc2, self.eps, self.step);
-        let decay = self.decay;
+        let k = self.0;
         w.par_chunks_mut(CHUNK).zip(m.par_chunks(CHUNK).zip(v.par_chunks(CHUNK))).for_each(|(w, (m, v))| {
             for ((wi, &mi), &vi) in w.iter_mut().zip(m).zip(v) {
-                let base = match decay {
-                    Some(d) => *wi * d,
-                    None => *wi,
-                };
-                *wi = base - (mi / (vi.sqrt() * c + eps)) * k;
+                k.param(wi, mi, vi);
             }
         });
         Ok(())
