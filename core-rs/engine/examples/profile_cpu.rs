@@ -131,7 +131,7 @@ fn main() -> R<()> {
     let targets = Tensor::from_vec(tg, (b, t), &dev)?;
     let mask = Tensor::ones((b, t), DType::F32, &dev)?;
     let params: Vec<Param> =
-        model.named_parameters().into_iter().map(|p| Param::with_decay(p.name, p.var, p.weight_decay)).collect();
+        model.named_parameters().into_iter().map(|p| Param::of(p, false)).collect();
     let vars: Vec<Var> = params.iter().map(|p| p.var.clone()).collect();
     let mut opt = AdamW::new(params, AdamWConfig::default())?;
     let mut ph: [Vec<f64>; 7] = Default::default();

@@ -77,7 +77,7 @@ fn main() -> bunmind_engine::Result<()> {
         return Ok(());
     }
     let model = Model::new(&cfg, 1, &dev)?;
-    let params: Vec<Param> = model.named_parameters().into_iter().map(|p| Param::with_decay(p.name, p.var, p.weight_decay)).collect();
+    let params: Vec<Param> = model.named_parameters().into_iter().map(|p| Param::of(p, false)).collect();
     let mut opt = AdamW::new(params, AdamWConfig::default())?;
     let ids: Vec<u32> = (0..b * t).map(|i| (i * 7 % v) as u32).collect();
     let ids_v = ids.clone();

@@ -237,12 +237,12 @@ impl Trainer {
                 let params = adapters
                     .named_parameters()
                     .into_iter()
-                    .map(|p| Param::with_decay(p.name, p.var, p.weight_decay || cfg.decay_norms))
+                    .map(|p| Param::of(p, cfg.decay_norms))
                     .collect();
                 (Some(adapters), params)
             }
             None => {
-                let params = model.named_parameters().into_iter().map(|p| Param::with_decay(p.name, p.var, p.weight_decay || cfg.decay_norms)).collect();
+                let params = model.named_parameters().into_iter().map(|p| Param::of(p, cfg.decay_norms)).collect();
                 (None, params)
             }
         };

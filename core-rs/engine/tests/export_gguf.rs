@@ -21,7 +21,7 @@ fn tiny(qk: bool, interleaved: bool) -> ModelConfig {
 fn model(c: &ModelConfig, seed: u64) -> Model {
     let m = Model::new(c, seed, &Device::Cpu).unwrap();
     for p in m.named_parameters() {
-        if p.weight_decay {
+        if p.weight_decay() {
             p.var.set(&(p.var.as_tensor() * 4.0).unwrap()).unwrap();
         }
     }

@@ -28,7 +28,7 @@ fn cfg(moe: bool, qk: bool, interleaved: bool, tied: bool) -> ModelConfig {
 fn model(c: &ModelConfig, seed: u64) -> Model {
     let m = Model::new(c, seed, &Device::Cpu).unwrap();
     for p in m.named_parameters() {
-        if p.weight_decay {
+        if p.weight_decay() {
             p.var.set(&(p.var.as_tensor() * 4.0).unwrap()).unwrap();
         }
     }
@@ -82,11 +82,27 @@ fn named_parameters_and_weight_decay() {
     assert_eq!(ps.iter().map(|p| p.var.elem_count()).sum::<usize>(), m.num_parameters());
     for p in &ps {
         let is_norm = p.name.ends_with("norm.weight") || p.name.ends_with("layernorm.weight");
-        assert_eq!(p.weight_decay, !is_norm, "{}", p.name);
+        assert_eq!(p.weight_decay(), !is_norm, "{}", p.name);
     }
     for n in ["lm_head.weight", "model.layers.0.mlp.gate.weight", "model.layers.1.mlp.experts.3.down_proj.weight", "model.layers.0.mlp.shared_experts.0.up_proj.weight"] {
         assert!(ps.iter().any(|p| p.name == n), "missing {n}");
     }
+}
+
+#[test]
+fn one_decay_rule_for_walk_and_bare_names() {
+    // The kind-based rule of the parameter walk and the name-based rule for tensors outside it
+    // (`default_decay`, through `ParamKind::infer`) agree on every parameter of every shape,
+    // biases and the decay-every-parameter option included.
+    use bunmind_engine::model::{param_specs, ParamKind};
+    use bunmind_engine::train::default_decay;
+    for c in all_configs() {
+        for s in param_specs(&c) {
+            assert_eq!(default_decay(&s.name, s.shape.len()), s.kind.weight_decay(), "{}", s.name);
+            assert!(s.kind.decays(true), "{}", s.name);
+        }
+    }
+    assert!(ParamKind::Adapter.decays(false) && !ParamKind::Bias.decays(false) && !ParamKind::Norm.decays(false));
 }
 
 #[test]

@@ -10,7 +10,7 @@ fn base() -> Model {
     c.qk_norm = Some(true);
     let m = Model::new(&c, 11, &Device::Cpu).unwrap();
     for p in m.named_parameters() {
-        if p.weight_decay {
+        if p.weight_decay() {
             p.var.set(&(p.var.as_tensor() * 4.0).unwrap()).unwrap();
         }
     }

@@ -493,39 +493,40 @@ struct Weights<'a> {
     head: View<'a>,
 }
 
+/// The model's weights in the order of its parameter walk ([`crate::model::ParamLayout`]),
+/// each labelled with its checkpoint name.
 fn weights(model: &Model) -> Result<Weights<'_>> {
-    let emb = View::new(&model.embed_tokens, "embed_tokens")?;
+    let layout = crate::model::ParamLayout::new(&model.cfg);
+    let emb = View::new(&model.embed_tokens, &layout.embed_tokens.name)?;
     let mut layers = Vec::with_capacity(model.layers.len());
-    for (i, l) in model.layers.iter().enumerate() {
+    for (l, names) in model.layers.iter().zip(&layout.layers) {
         let FeedForward::Dense(mlp) = &l.mlp else { unreachable!("checked by unsupported()") };
         let a = &l.self_attn;
-        fn v<'a>(t: &'a Tensor, i: usize, what: &str) -> Result<View<'a>> {
-            View::new(t, &format!("layers.{i}.{what}"))
-        }
-        fn pj<'a>(l: &'a Linear, i: usize) -> Result<Proj<'a>> {
-            Proj::new(l, &format!("layers.{i}.{}", l.short_name()))
+        fn pj(l: &Linear) -> Result<Proj<'_>> {
+            Proj::new(l, &l.name)
         }
         layers.push(LayerW {
-            n1: View::new(&l.input_layernorm.weight, "input_layernorm")?,
-            wq: pj(&a.q_proj, i)?,
-            wk: pj(&a.k_proj, i)?,
-            wv: pj(&a.v_proj, i)?,
-            wo: pj(&a.o_proj, i)?,
-            qk: match (&a.q_norm, &a.k_norm) {
-                (Some(qn), Some(kn)) => Some((v(&qn.weight, i, "q_norm")?, v(&kn.weight, i, "k_norm")?, qn.eps as f32)),
-                (None, None) => None,
-                _ => return Err(Error::input(format!("layers.{i}: q_norm and k_norm must both be present or both absent"))),
+            n1: View::new(&l.input_layernorm.weight, &names.input_layernorm.name)?,
+            wq: pj(&a.q_proj)?,
+            wk: pj(&a.k_proj)?,
+            wv: pj(&a.v_proj)?,
+            wo: pj(&a.o_proj)?,
+            qk: match (&a.q_norm, &a.k_norm, &names.qk_norm) {
+                (Some(qn), Some(kn), Some((qs, ks))) => Some((View::new(&qn.weight, &qs.name)?, View::new(&kn.weight, &ks.name)?, qn.eps as f32)),
+                (None, None, None) => None,
+                _ => return Err(Error::input(format!("{}: q_norm and k_norm do not match the config's qk_norm", names.input_layernorm.name))),
             },
-            n2: View::new(&l.post_attention_layernorm.weight, "post_attention_layernorm")?,
-            wg: pj(&mlp.gate_proj, i)?,
-            wu: pj(&mlp.up_proj, i)?,
-            wd: pj(&mlp.down_proj, i)?,
+            n2: View::new(&l.post_attention_layernorm.weight, &names.post_attention_layernorm.name)?,
+            wg: pj(&mlp.gate_proj)?,
+            wu: pj(&mlp.up_proj)?,
+            wd: pj(&mlp.down_proj)?,
         });
     }
-    let norm_w = View::new(&model.norm.weight, "norm")?;
-    let head = match &model.lm_head {
-        Some(l) => View::new(&l.weight, "lm_head")?,
-        None => View::new(&model.embed_tokens, "embed_tokens")?,
+    let norm_w = View::new(&model.norm.weight, &layout.norm.name)?;
+    let head = match (&model.lm_head, &layout.lm_head) {
+        (Some(l), Some(s)) => View::new(&l.weight, &s.name)?,
+        (None, _) => View::new(&model.embed_tokens, &layout.embed_tokens.name)?,
+        (Some(_), None) => return Err(Error::input("lm_head present although the config ties it to the embedding")),
     };
     Ok(Weights { emb, layers, norm_w, head })
 }

@@ -24,6 +24,7 @@ use super::io::{read_safetensors, write_atomic, write_safetensors_atomic};
 use super::linear::{matmul_t, LoraLinear};
 use super::params::INIT_STD;
 use super::rng::Rng;
+use super::params::ParamKind;
 use super::transformer::{Model, NamedParam};
 use crate::{Error, Result};
 
@@ -436,13 +437,14 @@ impl LoraAdapters {
         Some((data.get(&a_name(module))?.clone(), data.get(&b_name(module))?.clone()))
     }
 
-    /// Adapter parameters in model order (A then B per module); all get weight decay.
+    /// Adapter parameters in model order (A then B per module), of kind [`ParamKind::Adapter`]
+    /// (weight decay applies).
     pub fn named_parameters(&self) -> Vec<NamedParam> {
         let mut out = Vec::new();
         for m in &self.modules {
             if let Some((a, b)) = self.get(m) {
-                out.push(NamedParam { name: a_name(m), var: a, weight_decay: true });
-                out.push(NamedParam { name: b_name(m), var: b, weight_decay: true });
+                out.push(NamedParam { name: a_name(m), var: a, kind: ParamKind::Adapter });
+                out.push(NamedParam { name: b_name(m), var: b, kind: ParamKind::Adapter });
             }
         }
         out

@@ -31,6 +31,6 @@ pub use config::{ModelConfig, RopeParameters, RopeScaling};
 pub use hf::Family;
 pub use dropout::{DropoutSource, SeededDropout};
 pub use lora::{LoraAdapters, LoraConfig};
-pub use params::{count_parameters, param_specs, ParamKind, ParamSpec};
+pub use params::{count_parameters, param_specs, FfnParams, LayerParams, LinearParams, MlpParams, ParamKind, ParamLayout, ParamSpec};
 pub use rng::Rng;
 pub use transformer::{Model, NamedParam};

@@ -1,7 +1,7 @@
 //! The decoder: token embedding → N × [RMSNorm → attention → residual; RMSNorm → MLP/MoE →
 //! residual] → RMSNorm → LM head (tied to the embedding unless `lm_head.weight` exists).
 use candle_core::{DType, Device, Tensor, Var};
-use candle_nn::{VarBuilder, VarMap};
+use candle_nn::VarMap;
 
 use super::attention::{AttnMask, Attention};
 use super::cache::Cache;
@@ -10,17 +10,24 @@ use super::dropout::{DropoutSource, ForwardCtx};
 use super::linear::{matmul_t, Linear};
 use super::mlp::{FeedForward, Mlp, MoeMlp};
 use super::norm::RmsNorm;
-use super::params::{init_varmap, param_specs};
+use super::params::{init_varmap, param_specs, FfnParams, LinearParams, MlpParams, ParamKind, ParamLayout, ParamSpec};
 use super::rope::Rope;
 use crate::{Error, Result};
 
-/// One parameter as the trainer sees it.
+/// One parameter as the trainer sees it: its name and kind from the parameter walk
+/// ([`ParamLayout`]; LoRA adapters: [`ParamKind::Adapter`]).
 #[derive(Debug, Clone)]
 pub struct NamedParam {
     pub name: String,
     pub var: Var,
-    /// False for norm gains (and anything 1-D): exclude from AdamW weight decay.
-    pub weight_decay: bool,
+    pub kind: ParamKind,
+}
+
+impl NamedParam {
+    /// Whether AdamW decays it ([`ParamKind::weight_decay`]: not norm gains, not biases).
+    pub fn weight_decay(&self) -> bool {
+        self.kind.weight_decay()
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -76,35 +83,6 @@ pub struct Model {
     pub(crate) autocast: Option<DType>,
 }
 
-fn linear(vb: &VarBuilder, out: usize, inp: usize, name: &str) -> Result<Linear> {
-    linear_b(vb, out, inp, name, false)
-}
-
-fn linear_b(vb: &VarBuilder, out: usize, inp: usize, name: &str, bias: bool) -> Result<Linear> {
-    let vb = vb.pp(name);
-    let w = vb.get((out, inp), "weight").map_err(|e| Error::tensor(format!("{}.weight", vb.prefix()), e.to_string()))?;
-    let b = if bias {
-        Some(vb.get(out, "bias").map_err(|e| Error::tensor(format!("{}.bias", vb.prefix()), e.to_string()))?)
-    } else {
-        None
-    };
-    Ok(Linear::new(vb.prefix(), w).with_bias(b))
-}
-
-fn rms(vb: &VarBuilder, dim: usize, name: &str, eps: f64) -> Result<RmsNorm> {
-    let vb = vb.pp(name);
-    let w = vb.get(dim, "weight").map_err(|e| Error::tensor(format!("{}.weight", vb.prefix()), e.to_string()))?;
-    Ok(RmsNorm::new(w, eps))
-}
-
-fn mlp(vb: &VarBuilder, hidden: usize, ffn: usize, bias: bool) -> Result<Mlp> {
-    Ok(Mlp {
-        gate_proj: linear_b(vb, ffn, hidden, "gate_proj", bias)?,
-        up_proj: linear_b(vb, ffn, hidden, "up_proj", bias)?,
-        down_proj: linear_b(vb, hidden, ffn, "down_proj", bias)?,
-    })
-}
-
 impl Model {
     /// A freshly initialised model (see `params` for the init scheme); same seed → same weights.
     pub fn new(cfg: &ModelConfig, seed: u64, device: &Device) -> Result<Self> {
@@ -113,70 +91,74 @@ impl Model {
         Self::from_varmap(cfg, varmap, device)
     }
 
-    /// Build the module tree over an existing VarMap that holds every tensor of
-    /// `param_specs(cfg)` in f32 (names and shapes are checked).
+    /// Build the module tree over an existing VarMap that holds every tensor of the config's
+    /// parameter walk ([`ParamLayout`]) in f32 (names and shapes are checked, in walk order).
     pub fn from_varmap(cfg: &ModelConfig, varmap: VarMap, device: &Device) -> Result<Self> {
         cfg.validate()?;
-        {
+        let layout = ParamLayout::new(cfg);
+        let eps = cfg.rms_norm_eps;
+        let parts = {
             let data = varmap.data().lock().expect("varmap lock");
-            for s in param_specs(cfg) {
+            let get = |s: &ParamSpec| -> Result<Tensor> {
                 let v = data.get(&s.name).ok_or_else(|| Error::tensor(&s.name, "missing from the VarMap"))?;
                 if v.dims() != s.shape.as_slice() {
                     return Err(Error::tensor(&s.name, format!("expected shape {:?}, got {:?}", s.shape, v.dims())));
                 }
+                Ok(v.as_tensor().clone())
+            };
+            for s in layout.specs() {
+                get(&s)?;
             }
-        }
-        let vb = VarBuilder::from_varmap(&varmap, DType::F32, device);
-        let (h, hd, eps) = (cfg.hidden_size, cfg.head_dim(), cfg.rms_norm_eps);
-        let (nh, nkv) = (cfg.num_attention_heads, cfg.kv_heads());
-        let vbm = vb.pp("model");
-        let embed_tokens = vbm.pp("embed_tokens").get((cfg.vocab_size, h), "weight")?;
-        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
-        for i in 0..cfg.num_hidden_layers {
-            let vbl = vbm.pp("layers").pp(i);
-            let vba = vbl.pp("self_attn");
-            let (q_norm, k_norm) = if cfg.use_qk_norm() {
-                (Some(rms(&vba, hd, "q_norm", eps)?), Some(rms(&vba, hd, "k_norm", eps)?))
-            } else {
-                (None, None)
+            let lin = |l: &LinearParams| -> Result<Linear> {
+                Ok(Linear::new(l.prefix.clone(), get(&l.weight)?).with_bias(l.bias.as_ref().map(&get).transpose()?))
             };
-            let self_attn = Attention {
-                q_proj: linear_b(&vba, nh * hd, h, "q_proj", cfg.qkv_bias)?,
-                k_proj: linear_b(&vba, nkv * hd, h, "k_proj", cfg.qkv_bias)?,
-                v_proj: linear_b(&vba, nkv * hd, h, "v_proj", cfg.qkv_bias)?,
-                o_proj: linear_b(&vba, h, nh * hd, "o_proj", cfg.o_bias)?,
-                q_norm,
-                k_norm,
-                n_heads: nh,
-                n_kv_heads: nkv,
-                head_dim: hd,
-                dropout: cfg.dropout,
+            let rms = |s: &ParamSpec| -> Result<RmsNorm> { Ok(RmsNorm::new(get(s)?, eps)) };
+            let mlp = |m: &MlpParams| -> Result<Mlp> {
+                Ok(Mlp { gate_proj: lin(&m.gate_proj)?, up_proj: lin(&m.up_proj)?, down_proj: lin(&m.down_proj)? })
             };
-            let vbf = vbl.pp("mlp");
-            let mlp = if cfg.use_moe {
-                let ffn = cfg.expert_ffn_size();
-                FeedForward::Moe(MoeMlp {
-                    gate: vbf.pp("gate").get((cfg.num_experts, h), "weight")?,
-                    experts: (0..cfg.num_experts).map(|e| mlp(&vbf.pp("experts").pp(e), h, ffn, false)).collect::<Result<_>>()?,
-                    shared_experts: (0..cfg.n_shared_experts)
-                        .map(|e| mlp(&vbf.pp("shared_experts").pp(e), h, ffn, false))
-                        .collect::<Result<_>>()?,
-                    top_k: cfg.num_experts_per_tok,
-                    norm_topk_prob: cfg.norm_topk_prob,
-                    aux_loss_coef: cfg.router_aux_loss_coef,
-                })
-            } else {
-                FeedForward::Dense(mlp(&vbf, h, cfg.intermediate_size, cfg.mlp_bias)?)
+            let mut layers = Vec::with_capacity(layout.layers.len());
+            for l in &layout.layers {
+                let (q_norm, k_norm) = match &l.qk_norm {
+                    Some((q, k)) => (Some(rms(q)?), Some(rms(k)?)),
+                    None => (None, None),
+                };
+                let self_attn = Attention {
+                    q_proj: lin(&l.q_proj)?,
+                    k_proj: lin(&l.k_proj)?,
+                    v_proj: lin(&l.v_proj)?,
+                    o_proj: lin(&l.o_proj)?,
+                    q_norm,
+                    k_norm,
+                    n_heads: cfg.num_attention_heads,
+                    n_kv_heads: cfg.kv_heads(),
+                    head_dim: cfg.head_dim(),
+                    dropout: cfg.dropout,
+                };
+                let mlp = match &l.mlp {
+                    FfnParams::Dense(m) => FeedForward::Dense(mlp(m)?),
+                    FfnParams::Moe { gate, experts, shared_experts } => FeedForward::Moe(MoeMlp {
+                        gate: get(gate)?,
+                        experts: experts.iter().map(&mlp).collect::<Result<_>>()?,
+                        shared_experts: shared_experts.iter().map(&mlp).collect::<Result<_>>()?,
+                        top_k: cfg.num_experts_per_tok,
+                        norm_topk_prob: cfg.norm_topk_prob,
+                        aux_loss_coef: cfg.router_aux_loss_coef,
+                    }),
+                };
+                layers.push(Block {
+                    input_layernorm: rms(&l.input_layernorm)?,
+                    self_attn,
+                    post_attention_layernorm: rms(&l.post_attention_layernorm)?,
+                    mlp,
+                });
+            }
+            let lm_head = match &layout.lm_head {
+                Some(s) => Some(Linear::new("lm_head", get(s)?)),
+                None => None,
             };
-            layers.push(Block {
-                input_layernorm: rms(&vbl, h, "input_layernorm", eps)?,
-                self_attn,
-                post_attention_layernorm: rms(&vbl, h, "post_attention_layernorm", eps)?,
-                mlp,
-            });
-        }
-        let norm = rms(&vbm, h, "norm", eps)?;
-        let lm_head = if cfg.tie_word_embeddings { None } else { Some(linear(&vb, cfg.vocab_size, h, "lm_head")?) };
+            (get(&layout.embed_tokens)?, layers, rms(&layout.norm)?, lm_head)
+        };
+        let (embed_tokens, layers, norm, lm_head) = parts;
         Ok(Model {
             cfg: cfg.clone(),
             varmap,
@@ -222,13 +204,13 @@ impl Model {
         self.varmap.all_vars().iter().map(|v| v.elem_count()).sum()
     }
 
-    /// All base parameters in a fixed order, with their weight-decay flag.
+    /// All base parameters in the walk's order, with their kinds (hence weight-decay flags).
     pub fn named_parameters(&self) -> Vec<NamedParam> {
         let data = self.varmap.data().lock().expect("varmap lock");
         param_specs(&self.cfg)
             .into_iter()
             .filter_map(|s| {
-                data.get(&s.name).map(|v| NamedParam { name: s.name.clone(), var: v.clone(), weight_decay: s.kind.weight_decay() })
+                data.get(&s.name).map(|v| NamedParam { name: s.name.clone(), var: v.clone(), kind: s.kind })
             })
             .collect()
     }

@@ -17,6 +17,7 @@ use rayon::prelude::*;
 use candle_nn::VarMap;
 use serde::{Deserialize, Serialize};
 
+use crate::model::{NamedParam, ParamKind};
 use crate::{Error, Result};
 
 /// Version tag written into the optimizer metadata.
@@ -45,7 +46,12 @@ pub struct Param {
 }
 
 impl Param {
-    /// `decay` from [`default_decay`].
+    /// A model parameter, decayed by its kind ([`ParamKind::decays`]; `decay_norms`: every one).
+    pub fn of(p: NamedParam, decay_norms: bool) -> Self {
+        Param { decay: p.kind.decays(decay_norms), name: p.name, var: p.var }
+    }
+
+    /// A tensor outside a model's walk; `decay` from [`default_decay`].
     pub fn new(name: impl Into<String>, var: Var) -> Self {
         let name = name.into();
         let decay = default_decay(&name, var.rank());
@@ -57,9 +63,10 @@ impl Param {
     }
 }
 
-/// The usual rule: no weight decay on norms, biases and other 1-D tensors (gains, scalars).
+/// The decay rule ([`ParamKind::weight_decay`]) for a tensor known only by name and rank, its
+/// kind inferred by [`ParamKind::infer`]: no weight decay on norms, biases and other 1-D tensors.
 pub fn default_decay(name: &str, rank: usize) -> bool {
-    !(name.contains("norm") || name.ends_with(".bias") || rank <= 1)
+    ParamKind::infer(name, rank).weight_decay()
 }
 
 /// All vars of a `VarMap` as params, sorted by name (deterministic order), decay by [`default_decay`].
