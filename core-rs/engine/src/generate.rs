@@ -141,7 +141,7 @@ pub fn sample(logits: &[f32], history: &[u32], opts: &GenerationOptions, rng: &m
         return argmax(&l);
     }
     let p = filtered_probs(&l, opts);
-    let u = rng.next_f64() as f32;
+    let u = rng.uniform_f64() as f32;
     let mut cum = 0.0f32;
     let mut last_kept = argmax(&p);
     for (i, &pi) in p.iter().enumerate() {
@@ -202,7 +202,7 @@ impl GenerationSession {
         check_prompt(&model, prompt, "the prompt")?;
         Ok(GenerationSession {
             cache: model.new_cache(),
-            rng: Rng::new(opts.seed),
+            rng: Rng::stream(opts.seed, "sample"),
             tokens: prompt.to_vec(),
             prompt_len: prompt.len(),
             finish: if opts.max_new_tokens == 0 { Some(FinishReason::Length) } else { None },
@@ -227,7 +227,7 @@ impl GenerationSession {
         }
         Ok(GenerationSession {
             cache,
-            rng: Rng::new(opts.seed),
+            rng: Rng::stream(opts.seed, "sample"),
             tokens: tokens.to_vec(),
             prompt_len: tokens.len(),
             finish: if opts.max_new_tokens == 0 { Some(FinishReason::Length) } else { None },
@@ -320,7 +320,7 @@ impl BatchGenerationSession {
         let done = if opts.max_new_tokens == 0 { Some(FinishReason::Length) } else { None };
         Ok(BatchGenerationSession {
             cache: Cache::with_left_padding(model.num_layers(), pads.clone()),
-            rngs: (0..prompts.len()).map(|i| Rng::new(opts.seed.wrapping_add(i as u64))).collect(),
+            rngs: (0..prompts.len()).map(|i| Rng::stream(opts.seed.wrapping_add(i as u64), "sample")).collect(),
             tokens: prompts.to_vec(),
             prompt_lens: prompts.iter().map(Vec::len).collect(),
             finish: vec![done; prompts.len()],

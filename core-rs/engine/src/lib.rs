@@ -12,6 +12,7 @@ pub mod kernels;
 pub mod model;
 pub mod ops;
 pub mod path;
+pub mod rng;
 pub mod tokenizer;
 pub mod train;
 pub mod trainer;

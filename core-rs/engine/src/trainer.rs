@@ -185,15 +185,6 @@ fn micro_mean(m: MicroLoss, dev: &Device) -> Result<MicroLoss> {
     Ok(MicroLoss { loss: (m.loss / count)?, weight: 1.0, grads: Some(grads) })
 }
 
-/// Dropout masks from the trainer's own RNG, so they are part of the resumable state.
-struct RngDropout<'a>(&'a mut Rng);
-
-impl DropoutSource for RngDropout<'_> {
-    fn keep_mask(&mut self, shape: &[usize], p: f64, device: &Device) -> Result<Tensor> {
-        self.0.bernoulli_mask(shape, (1.0 - p) as f32, device)
-    }
-}
-
 pub struct Trainer {
     pub model: Model,
     pub adapters: Option<LoraAdapters>,
@@ -247,7 +238,7 @@ impl Trainer {
             }
         };
         let opt = AdamW::new(params, opt_cfg)?;
-        let rng = Rng::new(cfg.seed);
+        let rng = Rng::stream(cfg.seed, "dropout");
         Ok(Trainer {
             model,
             adapters,
@@ -356,8 +347,8 @@ impl Trainer {
         let sync = dist.as_deref_mut().map(|collective| train::StepSync { collective, extra: &mut extra });
         let report = train::train_step_synced(opt, micro.iter(), lr, grad_clip, sync, |batch: &Batch| {
             let (ids, targets, mask) = batch.tensors(&dev)?;
-            let mut drop = RngDropout(rng);
-            let src: Option<&mut dyn DropoutSource> = if dropout_p > 0.0 { Some(&mut drop) } else { None };
+            // Dropout masks from the trainer's own RNG, so they are part of the resumable state.
+            let src: Option<&mut dyn DropoutSource> = if dropout_p > 0.0 { Some(&mut *rng) } else { None };
             match &objective {
                 Objective::Lm if use_fast => {
                     let m = fast_micro_loss(model, batch, &dev)?;

@@ -13,6 +13,8 @@ use bunmind_engine::ops::parity::{parity, tolerance};
 use bunmind_engine::trainer::{Batch, Trainer, TrainerConfig};
 use candle_core::{DType, Device};
 
+mod common;
+
 fn tiny() -> ModelConfig {
     let mut c = ModelConfig::preset("tiny").unwrap();
     c.vocab_size = 64;
@@ -22,17 +24,7 @@ fn tiny() -> ModelConfig {
 }
 
 fn batch(b: usize, t: usize, vocab: u32) -> Batch {
-    let mut x = 12345u32;
-    let mut next = || {
-        x ^= x << 13;
-        x ^= x >> 17;
-        x ^= x << 5;
-        x % vocab
-    };
-    let ids: Vec<u32> = (0..b * t).map(|_| next()).collect();
-    let targets: Vec<u32> = (0..b * t).map(|_| next()).collect();
-    let mask: Vec<f32> = (0..b * t).map(|i| if i % 5 == 4 { 0.0 } else { 1.0 }).collect();
-    Batch { ids, targets, mask, b, t }
+    common::random_batch(b, t, vocab, 12345, true)
 }
 
 #[test]

@@ -20,7 +20,7 @@ fn defaults_match_reference() {
 fn greedy_and_top_k_one_agree() {
     let mut rng = Rng::new(0);
     for trial in 0..50 {
-        let logits: Vec<f32> = (0..100).map(|_| rng.next_normal() as f32 * 3.0).collect();
+        let logits: Vec<f32> = (0..100).map(|_| rng.normal_f32() * 3.0).collect();
         let best = logits.iter().enumerate().max_by(|a, b| a.1.partial_cmp(b.1).unwrap()).unwrap().0 as u32;
         assert_eq!(sample(&logits, &[], &opts(0.0, 0, 1.0), &mut rng), best, "trial {trial}");
         assert_eq!(sample(&logits, &[], &opts(1.5, 1, 1.0), &mut rng), best, "trial {trial}");

@@ -6,6 +6,9 @@ use bunmind_engine::train::{check_gradients, masked_cross_entropy, GradCheckConf
 use bunmind_engine::trainer::{Batch, Objective, Trainer, TrainerConfig};
 use candle_core::{Device, Tensor};
 
+mod common;
+use common::shifted_batch as batch;
+
 fn tiny(moe: bool, qk_norm: bool) -> ModelConfig {
     let mut c = ModelConfig::preset("tiny").unwrap();
     c.hidden_size = 16;
@@ -24,26 +27,6 @@ fn tiny(moe: bool, qk_norm: bool) -> ModelConfig {
         c.router_aux_loss_coef = 0.05;
     }
     c
-}
-
-fn batch(b: usize, t: usize, vocab: u32, seed: u32) -> Batch {
-    // Deterministic pseudo-random tokens; targets = inputs shifted; a mask with holes.
-    let mut x = seed.wrapping_mul(2654435761).wrapping_add(12345);
-    let mut next = || {
-        x ^= x << 13;
-        x ^= x >> 17;
-        x ^= x << 5;
-        x
-    };
-    let seq: Vec<u32> = (0..b * (t + 1)).map(|_| next() % vocab).collect();
-    let mut ids = Vec::new();
-    let mut targets = Vec::new();
-    for r in 0..b {
-        ids.extend_from_slice(&seq[r * (t + 1)..r * (t + 1) + t]);
-        targets.extend_from_slice(&seq[r * (t + 1) + 1..(r + 1) * (t + 1)]);
-    }
-    let mask = (0..b * t).map(|i| if i % 5 == 2 { 0.0 } else { 1.0 }).collect();
-    Batch { ids, targets, mask, b, t }
 }
 
 fn grad_check(cfg: ModelConfig) {

@@ -2,7 +2,7 @@
 //! Inference never calls it; `forward_train` without a source is dropout-free (eval mode).
 use candle_core::{DType, Device, Tensor};
 
-use super::rng::Rng;
+use crate::rng::Rng;
 use crate::Result;
 
 /// Produces inverted-dropout keep masks: entries are `0` (dropped, probability `p`) or `1/(1-p)`.
@@ -11,7 +11,15 @@ pub trait DropoutSource {
     fn keep_mask(&mut self, shape: &[usize], p: f64, device: &Device) -> Result<Tensor>;
 }
 
-/// Masks drawn from [`Rng`] seeded once: the same seed and call sequence give the same masks.
+/// An [`Rng`] is a mask source: [`Rng::bernoulli_mask`] with keep probability `1 − p` (the
+/// trainer passes its own, checkpointed RNG).
+impl DropoutSource for Rng {
+    fn keep_mask(&mut self, shape: &[usize], p: f64, device: &Device) -> Result<Tensor> {
+        self.bernoulli_mask(shape, (1.0 - p) as f32, device)
+    }
+}
+
+/// Masks from the `"dropout"` stream of a seed: the same seed and call sequence give the same masks.
 #[derive(Debug, Clone)]
 pub struct SeededDropout {
     rng: Rng,
@@ -19,17 +27,13 @@ pub struct SeededDropout {
 
 impl SeededDropout {
     pub fn new(seed: u64) -> Self {
-        SeededDropout { rng: Rng::new(seed) }
+        SeededDropout { rng: Rng::stream(seed, "dropout") }
     }
 }
 
 impl DropoutSource for SeededDropout {
     fn keep_mask(&mut self, shape: &[usize], p: f64, device: &Device) -> Result<Tensor> {
-        let n: usize = shape.iter().product();
-        let scale = (1.0 / (1.0 - p)) as f32;
-        let p = p as f32;
-        let v: Vec<f32> = (0..n).map(|_| if self.rng.next_f32() < p { 0.0 } else { scale }).collect();
-        Ok(Tensor::from_vec(v, shape, device)?)
+        self.rng.keep_mask(shape, p, device)
     }
 }
 

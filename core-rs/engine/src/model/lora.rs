@@ -23,7 +23,7 @@ use serde_json::{json, Map, Value};
 use super::io::{read_safetensors, write_atomic, write_safetensors_atomic};
 use super::linear::{matmul_t, LoraLinear};
 use super::params::INIT_STD;
-use super::rng::Rng;
+use crate::rng::Rng;
 use super::params::ParamKind;
 use super::transformer::{Model, NamedParam};
 use crate::{Error, Result};
@@ -401,7 +401,7 @@ impl LoraAdapters {
     /// Fresh adapters for every targeted projection of `model`: A ~ N(0, 0.02²), B = 0.
     pub fn new(model: &Model, config: LoraConfig, seed: u64) -> Result<Self> {
         let config = config.resolved_for(model)?;
-        let mut rng = Rng::new(seed);
+        let mut rng = Rng::stream(seed, "lora");
         let varmap = VarMap::new();
         let mut modules = Vec::new();
         {
@@ -411,7 +411,7 @@ impl LoraAdapters {
                     continue;
                 }
                 let (out, inp, r) = (l.out_features(), l.in_features(), config.r);
-                let a = Tensor::from_vec(rng.normal_vec(r * inp, INIT_STD), (r, inp), model.device())?;
+                let a = Tensor::from_vec(rng.normal_vec(r * inp, 0.0, INIT_STD as f32), (r, inp), model.device())?;
                 let b = Tensor::zeros((out, r), DType::F32, model.device())?;
                 data.insert(a_name(&l.name), Var::from_tensor(&a)?);
                 data.insert(b_name(&l.name), Var::from_tensor(&b)?);

@@ -20,7 +20,6 @@ pub mod lora;
 pub mod mlp;
 pub mod norm;
 pub mod params;
-pub mod rng;
 pub mod rope;
 pub mod transformer;
 #[cfg(target_arch = "wasm32")]
@@ -32,5 +31,5 @@ pub use hf::Family;
 pub use dropout::{DropoutSource, SeededDropout};
 pub use lora::{LoraAdapters, LoraConfig};
 pub use params::{count_parameters, param_specs, FfnParams, LayerParams, LinearParams, MlpParams, ParamKind, ParamLayout, ParamSpec};
-pub use rng::Rng;
+pub use crate::rng::Rng;
 pub use transformer::{Model, NamedParam};

@@ -2,12 +2,13 @@
 //!
 //! Init (upstream: HF `PreTrainedModel._init_weights` with `initializer_range` 0.02, the same as the
 //! seed v1's `_init_weights`): every Linear weight and the embedding ~ N(0, 0.02²); RMSNorm weights
-//! = 1, biases = 0. Drawn in list order from one [`Rng`] seeded by the caller: same seed → same weights.
+//! = 1, biases = 0. Drawn in walk order from the `"init"` stream of the caller's seed
+//! ([`Rng::stream`]): same seed → same weights.
 use candle_core::{Device, Tensor, Var};
 use candle_nn::VarMap;
 
 use super::config::ModelConfig;
-use super::rng::Rng;
+use crate::rng::Rng;
 use crate::Result;
 
 pub const INIT_STD: f64 = 0.02;
@@ -218,7 +219,7 @@ pub fn count_parameters(cfg: &ModelConfig) -> usize {
 
 /// A VarMap (f32) holding freshly initialised parameters.
 pub fn init_varmap(cfg: &ModelConfig, seed: u64, dev: &Device) -> Result<VarMap> {
-    let mut rng = Rng::new(seed);
+    let mut rng = Rng::stream(seed, "init");
     let varmap = VarMap::new();
     {
         let mut data = varmap.data().lock().expect("varmap lock");
@@ -227,7 +228,7 @@ pub fn init_varmap(cfg: &ModelConfig, seed: u64, dev: &Device) -> Result<VarMap>
             let vals = match s.kind {
                 ParamKind::Norm => vec![1f32; n],
                 ParamKind::Bias => vec![0f32; n],
-                _ => rng.normal_vec(n, INIT_STD),
+                _ => rng.normal_vec(n, 0.0, INIT_STD as f32),
             };
             let t = Tensor::from_vec(vals, s.shape.as_slice(), dev)?;
             data.insert(s.name, Var::from_tensor(&t)?);

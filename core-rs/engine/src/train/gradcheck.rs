@@ -16,7 +16,7 @@
 //! `rms_norm`, `rope`, `sdpa`) do silently.
 use candle_core::{DType, Tensor, Var};
 
-use super::rng::Rng;
+use crate::rng::Rng;
 use crate::{Error, Result};
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -149,7 +149,7 @@ where
     let loss = loss_fn()?;
     scalar_f64(&loss)?;
     let grads = loss.backward()?;
-    let mut rng = Rng::new(cfg.seed);
+    let mut rng = Rng::stream(cfg.seed, "gradcheck");
     let mut reports = Vec::with_capacity(vars.len());
     for (name, var) in vars {
         let original = read_f64(var.as_tensor())?;

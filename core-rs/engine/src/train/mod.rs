@@ -19,7 +19,6 @@ pub mod clip;
 pub mod gradcheck;
 pub mod loss;
 pub mod optim;
-pub mod rng;
 
 pub use accum::GradAccumulator;
 pub use checkpoint::{atomic_write, load_checkpoint, save_checkpoint, CheckpointParts, LoadedCheckpoint};
@@ -30,7 +29,7 @@ pub use loss::{
     token_logprobs, token_logprobs_reference, DistillLoss, DpoMetrics, MaskedLossSum,
 };
 pub use optim::{default_decay, params_from_varmap, AdamW, AdamWConfig, Param, StepStats};
-pub use rng::{Rng, RngState};
+pub use crate::rng::{Rng, RngState};
 
 use candle_core::Tensor;
 

@@ -1,6 +1,7 @@
 //! Shared by the engine's integration tests (each test binary uses a part of it).
 #![allow(dead_code)]
 use bunmind_engine::model::ModelConfig;
+use bunmind_engine::rng::Rng;
 use bunmind_engine::trainer::Batch;
 
 /// A two-layer model of the `tiny` preset resized for gradient checks: vocab 53, intermediate
@@ -20,18 +21,28 @@ pub fn small_config(hidden: usize, heads: usize, kv: usize, tied: bool, interlea
     c
 }
 
-/// Deterministic pseudo-random `[b, t]` ids and targets (xorshift32 from `seed`); with `holes`,
-/// the mask skips every 7th position and the first two of each row.
+/// `n` token ids below `vocab` from the `"test-batch"` stream of `seed` (the engine's one RNG).
+pub fn random_tokens(n: usize, vocab: u32, seed: u32) -> Vec<u32> {
+    let mut rng = Rng::stream(seed as u64, "test-batch");
+    (0..n).map(|_| rng.below(vocab as u64) as u32).collect()
+}
+
+/// Deterministic pseudo-random `[b, t]` ids and independent random targets; with `holes`, the
+/// mask skips every 7th position and the first two of each row.
 pub fn random_batch(b: usize, t: usize, vocab: u32, seed: u32, holes: bool) -> Batch {
-    let mut x = seed.wrapping_mul(2654435761).wrapping_add(12345);
-    let mut next = || {
-        x ^= x << 13;
-        x ^= x >> 17;
-        x ^= x << 5;
-        x
-    };
-    let ids: Vec<u32> = (0..b * t).map(|_| next() % vocab).collect();
-    let targets: Vec<u32> = (0..b * t).map(|_| next() % vocab).collect();
+    let tokens = random_tokens(2 * b * t, vocab, seed);
+    let (ids, targets) = tokens.split_at(b * t);
     let mask = (0..b * t).map(|i| if holes && (i % 7 == 3 || i % t < 2) { 0.0 } else { 1.0 }).collect();
+    Batch { ids: ids.to_vec(), targets: targets.to_vec(), mask, b, t }
+}
+
+/// A language-model batch: `b` random sequences of `t + 1` tokens, ids = the first `t`, targets
+/// = the last `t` (next-token), and a mask with a hole at every 5th position (i % 5 == 2).
+pub fn shifted_batch(b: usize, t: usize, vocab: u32, seed: u32) -> Batch {
+    let seq = random_tokens(b * (t + 1), vocab, seed);
+    let rows = || seq.chunks(t + 1);
+    let ids = rows().flat_map(|r| r[..t].to_vec()).collect();
+    let targets = rows().flat_map(|r| r[1..].to_vec()).collect();
+    let mask = (0..b * t).map(|i| if i % 5 == 2 { 0.0 } else { 1.0 }).collect();
     Batch { ids, targets, mask, b, t }
 }

@@ -1,9 +1,21 @@
-//! Seedable, serialisable RNG for training: xoshiro256** (Blackman & Vigna) seeded through
-//! splitmix64. The whole state is four `u64` words, so a checkpoint can store it and a resumed run
-//! continues the exact same stream (dropout masks, shuffles, sampling).
+//! The one RNG of the Rust core: xoshiro256** (Blackman & Vigna) seeded through splitmix64, with
+//! named streams. Weight init, LoRA init, dropout masks, sampling, gradient-check subsets and test
+//! inputs each draw from their own stream of the run's seed ([`Rng::stream`]), so adding draws to
+//! one never shifts another, and the same seed gives the same bits on every platform (wasm
+//! included).
 //!
-//! In JSON the words are written as hex strings: JavaScript reads JSON numbers as f64 and would
-//! silently round words above 2^53.
+//! The whole state is four `u64` words, so a checkpoint stores it (`trainer_state.json` `rng`) and
+//! a resumed run continues the exact same stream. In JSON the words are written as hex strings:
+//! JavaScript reads JSON numbers as f64 and would silently round words above 2^53.
+//!
+//! | Stream | Drawn by |
+//! |---|---|
+//! | `"init"` | `model::params::init_varmap` (N(0, 0.02²) weights, in walk order) |
+//! | `"lora"` | `LoraAdapters::new` (the A matrices) |
+//! | `"dropout"` | the trainer's dropout masks (the checkpointed state), `SeededDropout` |
+//! | `"sample"` | generation (`generate`; batch row `i` uses seed + i) |
+//! | `"gradcheck"` | `train::check_gradients` (which elements it probes) |
+//! | `"parity"` | `ops::parity` (kernel parity inputs) |
 use candle_core::{Device, Shape, Tensor};
 use serde::{Deserialize, Serialize};
 
@@ -40,6 +52,11 @@ impl<'de> Deserialize<'de> for RngState {
     }
 }
 
+/// FNV-1a, 64 bits: a stream name's tag.
+fn fnv1a64(name: &str) -> u64 {
+    name.bytes().fold(0xCBF2_9CE4_8422_2325, |h, b| (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01B3))
+}
+
 /// xoshiro256** generator. Not cryptographic; fast and statistically strong for ML use.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rng {
@@ -60,6 +77,12 @@ impl Rng {
         let mut x = seed;
         let s = [splitmix64(&mut x), splitmix64(&mut x), splitmix64(&mut x), splitmix64(&mut x)];
         Rng { s }
+    }
+
+    /// The stream `name` of `seed`: [`Rng::new`] of `seed ^ FNV-1a(name)`. Different names give
+    /// independent generators for one seed; the same (seed, name) always the same stream.
+    pub fn stream(seed: u64, name: &str) -> Self {
+        Rng::new(seed ^ fnv1a64(name))
     }
 
     pub fn state(&self) -> RngState {
@@ -97,10 +120,20 @@ impl Rng {
 
     /// Standard normal by Box–Muller. Uses two uniforms per call and keeps no spare value,
     /// so the state stays the four words.
-    pub fn normal_f32(&mut self) -> f32 {
+    pub fn normal_f64(&mut self) -> f64 {
         let u1 = 1.0 - self.uniform_f64(); // (0, 1]: ln never sees 0
         let u2 = self.uniform_f64();
-        ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()) as f32
+        (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
+    }
+
+    /// [`Rng::normal_f64`] rounded to f32.
+    pub fn normal_f32(&mut self) -> f32 {
+        self.normal_f64() as f32
+    }
+
+    /// `n` i.i.d. N(mean, std²) f32 values.
+    pub fn normal_vec(&mut self, n: usize, mean: f32, std: f32) -> Vec<f32> {
+        (0..n).map(|_| mean + std * self.normal_f32()).collect()
     }
 
     /// Uniform integer in [0, n) without modulo bias (Lemire's multiply-shift with rejection).
@@ -148,7 +181,6 @@ impl Rng {
     /// Tensor of i.i.d. N(mean, std²) f32 values on `device` (for initialisation, e.g. LoRA A).
     pub fn normal_tensor(&mut self, shape: impl Into<Shape>, mean: f32, std: f32, device: &Device) -> Result<Tensor> {
         let shape = shape.into();
-        let data: Vec<f32> = (0..shape.elem_count()).map(|_| mean + std * self.normal_f32()).collect();
-        Ok(Tensor::from_vec(data, shape, device)?)
+        Ok(Tensor::from_vec(self.normal_vec(shape.elem_count(), mean, std), shape, device)?)
     }
 }
