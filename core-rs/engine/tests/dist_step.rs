@@ -31,6 +31,8 @@ struct Run {
     losses: Vec<f64>,
     tokens: Vec<f64>,
     weights: Vec<(String, Vec<f32>)>,
+    /// The trained LoRA adapters (A and B per module; empty without LoRA).
+    adapters: Vec<(String, Vec<f32>)>,
 }
 
 fn weights(tr: &Trainer) -> Vec<(String, Vec<f32>)> {
@@ -38,6 +40,11 @@ fn weights(tr: &Trainer) -> Vec<(String, Vec<f32>)> {
         tr.export_weights().unwrap().into_iter().map(|(k, v)| (k, v.flatten_all().unwrap().to_vec1::<f32>().unwrap())).collect();
     w.sort_by(|a, b| a.0.cmp(&b.0));
     w
+}
+
+fn adapters(tr: &Trainer) -> Vec<(String, Vec<f32>)> {
+    let Some(ad) = &tr.adapters else { return vec![] };
+    ad.named_parameters().into_iter().map(|p| (p.name, p.var.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap())).collect()
 }
 
 fn trainer(c: &ModelConfig, model_seed: u64, tc: &TrainerConfig) -> Trainer {
@@ -54,7 +61,7 @@ fn single(c: &ModelConfig, tc: &TrainerConfig, steps: &[Vec<Batch>]) -> Run {
         losses.push(r.loss);
         tokens.push(r.tokens);
     }
-    Run { losses, tokens, weights: weights(&tr) }
+    Run { losses, tokens, weights: weights(&tr), adapters: adapters(&tr) }
 }
 
 /// The same steps over `world` ranks: rank r gets the micro-batches `i` with `i % world == r`.
@@ -87,11 +94,22 @@ fn data_parallel(c: &ModelConfig, tc: &TrainerConfig, steps: &[Vec<Batch>], worl
                     losses.push(r.loss);
                     tokens.push(r.tokens);
                 }
-                Run { losses, tokens, weights: weights(&tr) }
+                Run { losses, tokens, weights: weights(&tr), adapters: adapters(&tr) }
             })
         })
         .collect();
     handles.into_iter().map(|h| h.join().unwrap()).collect()
+}
+
+/// Same names, and every tensor within `tol` of the reference's largest magnitude.
+fn assert_close(reference: &[(String, Vec<f32>)], got: &[(String, Vec<f32>)], tol: f32, what: &str) {
+    assert_eq!(reference.len(), got.len(), "{what}");
+    for ((n, a), (m, b)) in reference.iter().zip(got) {
+        assert_eq!(n, m);
+        let scale = a.iter().fold(0f32, |s, x| s.max(x.abs())).max(1e-3);
+        let diff = a.iter().zip(b).fold(0f32, |s, (x, y)| s.max((x - y).abs()));
+        assert!(diff <= tol * scale, "{what}: `{n}` differs by {diff} (scale {scale})");
+    }
 }
 
 fn assert_same(reference: &Run, got: &Run, tol: f32, what: &str) {
@@ -99,13 +117,10 @@ fn assert_same(reference: &Run, got: &Run, tol: f32, what: &str) {
         assert!((a - b).abs() <= 1e-5 * a.abs(), "{what}: step {i} loss {a} vs {b}");
     }
     assert_eq!(reference.tokens, got.tokens, "{what}: tokens are summed over the ranks");
-    assert_eq!(reference.weights.len(), got.weights.len());
-    for ((n, a), (m, b)) in reference.weights.iter().zip(&got.weights) {
-        assert_eq!(n, m);
-        let scale = a.iter().fold(0f32, |s, x| s.max(x.abs())).max(1e-3);
-        let diff = a.iter().zip(b).fold(0f32, |s, (x, y)| s.max((x - y).abs()));
-        assert!(diff <= tol * scale, "{what}: `{n}` differs by {diff} (scale {scale})");
-    }
+    // The adapters themselves (what a LoRA checkpoint and the PEFT export hold), then the weights
+    // as published (merged with the adapters under LoRA).
+    assert_close(&reference.adapters, &got.adapters, tol, &format!("{what}: adapter"));
+    assert_close(&reference.weights, &got.weights, tol, what);
 }
 
 fn check(c: ModelConfig, tc: TrainerConfig, world: usize, holes: bool, tag: &str) {
@@ -114,6 +129,13 @@ fn check(c: ModelConfig, tc: TrainerConfig, world: usize, holes: bool, tag: &str
     let steps: Vec<Vec<Batch>> = (0..4).map(|_| (0..4).map(|i| batch(2, 16, v, i + 1, holes)).collect()).collect();
     let reference = single(&c, &tc, &steps);
     assert!(reference.losses[3] < reference.losses[0], "{tag}: the reference should learn: {:?}", reference.losses);
+    if tc.lora.is_some() {
+        // Adapters exist and trained: every B left its zero init.
+        assert!(!reference.adapters.is_empty(), "{tag}: no adapters");
+        for (n, b) in reference.adapters.iter().filter(|(n, _)| n.contains("lora_B")) {
+            assert!(b.iter().any(|&x| x != 0.0), "{tag}: `{n}` never moved");
+        }
+    }
     let ranks = data_parallel(&c, &tc, &steps, world, tag);
     for (r, run) in ranks.iter().enumerate() {
         assert_same(&reference, run, 1e-4, &format!("{tag}, rank {r}"));
@@ -121,6 +143,7 @@ fn check(c: ModelConfig, tc: TrainerConfig, world: usize, holes: bool, tag: &str
     // Every rank holds exactly the same weights.
     for run in &ranks[1..] {
         assert_eq!(run.weights, ranks[0].weights, "{tag}: ranks diverged");
+        assert_eq!(run.adapters, ranks[0].adapters, "{tag}: ranks' adapters diverged");
     }
 }
 

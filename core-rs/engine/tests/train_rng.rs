@@ -95,3 +95,18 @@ fn shuffle_and_below_are_uniform() {
     }
     assert!(hist.iter().all(|&h| (h as i64 - 10_000).abs() < 400), "{hist:?}");
 }
+
+#[test]
+fn named_streams() {
+    // A stream is the generator seeded with seed ^ FNV-1a(name) (FNV-1a 64 of "" and "a":
+    // the published offset basis and test vector).
+    assert_eq!(Rng::stream(7, "").state(), Rng::new(7 ^ 0xCBF2_9CE4_8422_2325).state());
+    assert_eq!(Rng::stream(7, "a").state(), Rng::new(7 ^ 0xAF63_DC4C_8601_EC8C).state());
+    let draw = |seed, name| {
+        let mut r = Rng::stream(seed, name);
+        (0..4).map(|_| r.next_u64()).collect::<Vec<_>>()
+    };
+    assert_eq!(draw(42, "init"), draw(42, "init"));
+    assert_ne!(draw(42, "init"), draw(42, "dropout"));
+    assert_ne!(draw(42, "init"), draw(43, "init"));
+}
