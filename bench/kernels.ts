@@ -8,6 +8,26 @@
  *   - "wasm (Bun)": `dist/wasm/pkg` when it exports `kernel_*` functions (same arguments as the C
  *     ABI, minus the out pointers, returning a Float32Array);
  *   - "candle CUDA (bun:ffi)": `dist/native/libbunmind-cuda.so` when it loads and a GPU answers.
+ * What the CPU rows run (call chains followed in the source; on CPU f32 every fused op's `cpu_fwd`
+ * calls one row kernel of `core-rs/engine/src/ops/cpu.rs` per row, and the default training step,
+ * `fast/dense.rs`, calls the very same functions on its own buffers):
+ *   - rms_norm training form: `RmsNorm::forward_train` → `ops::rms_norm` → `cpu::rmsnorm_row`, the
+ *     step's RMSNorm row. The "fused (inference)" row is candle's own `candle_nn::ops::rms_norm`,
+ *     which no training path runs (the graph's inference forward does).
+ *   - rope: `Rope::apply_train_bthd` → `ops::rope_bthd` → `cpu::rope_row` (sign +1), the step's row.
+ *   - attention layer: projections through candle's `matmul_t`, RoPE as above, causal
+ *     `ops::softmax_scaled` → `cpu::softmax_row`, the step's attention softmax row. The step itself
+ *     multiplies through `fast/gemm.rs` (the same `gemm` crate, operands by stride, causal blocks
+ *     only), so this row measures the graph's attention, with the step's softmax and RoPE rows.
+ *   - cross-entropy forward: `masked_cross_entropy` → `ops::token_logprobs_fused` →
+ *     `cpu::logprob_row` (the graph's forward); forward + backward adds `cpu::xent_row` per row,
+ *     the step's fused loss + gradient row, scaled by the upstream gradient.
+ *   - matmul: candle's `matmul_t` (the graph's products; the step's go through `fast/gemm.rs`).
+ *   - AdamW: `AdamW::step`, what both training paths call.
+ * Not reached from here (no kernel entry takes them, and the C entry points are fixed signatures,
+ * not name-dispatched): the backward rows `cpu::rmsnorm_bwd_row` (`rmsnorm_dx_row`/`rmsnorm_dw_row`
+ * in the graph), `cpu::softmax_bwd_row`, `cpu::rope_row` with sign −1, and SwiGLU
+ * (`cpu::swiglu_fwd`/`swiglu_bwd`); `core-rs/engine/tests/ops.rs` checks them.
  * Correctness first: each backend runs the kernel once on the same inputs as the reference and is
  * compared with it (normalised max error max|got − ref| / max|ref| ≤ the kernel's tolerance). A
  * backend that disagrees gets a row with `check: "WRONG"`, its error as the value and no timing.

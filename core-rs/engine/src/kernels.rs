@@ -1,9 +1,10 @@
 //! Single-kernel entry points on host slices, for benchmarks and cross-backend correctness checks
 //! (`bench/kernels.ts` through `bm_kernel_*`). Each one builds tensors from the slices, calls the
 //! engine's OWN op — the very function the model and trainer use (`matmul_t`, `RmsNorm`,
-//! `Rope::apply_train`, `Attention::forward` in training mode, `masked_cross_entropy`,
+//! `Rope::apply_train_bthd`, `Attention::forward` in training mode, `masked_cross_entropy`,
 //! `AdamW::step`) — and copies the result back. So a change to the engine's ops changes what these
-//! measure; nothing here re-implements a kernel.
+//! measure; nothing here re-implements a kernel. On CPU f32 the fused ops among them run the row
+//! kernels of [`crate::ops::cpu`], the same functions the hand-written training step calls.
 //!
 //! Every function also returns `op_ns`: the nanoseconds spent in the engine op alone (inputs already
 //! on the device, device synchronised before the clock stops), so that a caller can tell the op's
@@ -85,9 +86,12 @@ fn rope_for(head_dim: usize, theta: f64, interleaved: bool) -> Result<Rope> {
     Ok(Rope::new(&cfg))
 }
 
-/// Rotary embedding, training form (`Rope::apply_train`), positions 0..t, on q: [b, h, t, d] and
-/// k: [b, kvh, t, d]. Tables (`Rope::tables`) are built outside the timed op, as the model builds
-/// them once per forward. Returns (q', k') concatenated: q' first.
+/// Rotary embedding, training form, positions 0..t, on q: [b, h, t, d] and k: [b, kvh, t, d]:
+/// `Rope::apply_train_bthd` on the projections' layout [b, t, h, d], as the model's training
+/// forward calls it (on CPU f32 the fused op, i.e. [`crate::ops::cpu`]'s `rope_row`, the row the
+/// hand-written step runs). Tables (`Rope::tables`) and the layout changes are made outside the
+/// timed op, as the model builds the tables once per forward and its projections come out in
+/// [b, t, h, d]. Returns (q', k') in [b, h, t, d], concatenated: q' first.
 #[allow(clippy::too_many_arguments)]
 pub fn rope(
     dev: &Device,
@@ -108,10 +112,11 @@ pub fn rope(
     }
     let rope = rope_for(d, theta, interleaved)?;
     let (cos, sin) = rope.tables(0, t_len, false, dev)?;
-    let (q, k) = (t(q, &[b, h, t_len, d], dev)?, t(k, &[b, kvh, t_len, d], dev)?);
-    let ((qr, kr), op_ns) = timed(dev, || Ok((rope.apply_train(&q, &cos, &sin)?, rope.apply_train(&k, &cos, &sin)?)))?;
-    let mut out = host(&qr)?;
-    out.extend(host(&kr)?);
+    let bthd = |x: &[f32], heads: usize| -> Result<Tensor> { Ok(t(x, &[b, heads, t_len, d], dev)?.transpose(1, 2)?.contiguous()?) };
+    let (q, k) = (bthd(q, h)?, bthd(k, kvh)?);
+    let ((qr, kr), op_ns) = timed(dev, || Ok((rope.apply_train_bthd(&q, &cos, &sin)?, rope.apply_train_bthd(&k, &cos, &sin)?)))?;
+    let mut out = host(&qr.transpose(1, 2)?)?;
+    out.extend(host(&kr.transpose(1, 2)?)?);
     Ok(Timed { out, op_ns })
 }
 

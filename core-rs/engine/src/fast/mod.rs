@@ -11,7 +11,9 @@
 //! is its forward alone (with or without adapters), for a prompt into an empty KV cache.
 pub mod dense;
 pub(crate) mod gemm;
-pub(crate) mod vmath;
+/// The CPU row kernels the step runs: [`crate::ops::cpu`], the same functions the candle ops'
+/// CPU paths call (one implementation of each formula). `vmath` is the name the step uses.
+pub(crate) use crate::ops::cpu as vmath;
 
 pub use dense::{lm_step, prefill, unsupported, unsupported_step, LmStep, Prefill};
 

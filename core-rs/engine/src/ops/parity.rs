@@ -1,6 +1,9 @@
-//! Parity of the fused ops on a device against the CPU f32 reference (the fused CPU ops, which
-//! the engine's tests check against op chains and finite differences): forward outputs and the
+//! Parity of the fused ops on a device against a CPU f32 reference: forward outputs and the
 //! gradients of every differentiable input, for f32 and bf16 activations, plus the AdamW step.
+//! The reference ([`Reference`]) is either the fused CPU ops ([`parity`], which the engine's
+//! tests check against op chains and finite differences) or the independent op chains of plain
+//! candle ops, the `*_reference` functions ([`parity_against`] with [`Reference::OpChain`]),
+//! which share no code with either device's fused kernels.
 //!
 //! On the GPU machine this is the CUDA kernels' test (`cargo test --features cuda -- --ignored`,
 //! or `bm_parity_check` from the C ABI, which `bench/gpu/run.sh` calls); on the CPU it compares
@@ -49,9 +52,22 @@ impl Gen {
     }
 }
 
+/// What the device's ops are compared with (always on the CPU, in f32).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reference {
+    /// The fused CPU ops (`super::rms_norm` etc.): on the CPU itself, f32 rows compare a kernel
+    /// with itself (exact), which checks determinism only.
+    FusedCpu,
+    /// The op chains (`rms_norm_reference`, `swiglu_reference`, `softmax_scaled_reference`,
+    /// `token_logprobs_reference`, RoPE from narrow/mul/cat), backward through candle's autograd.
+    /// (AdamW rows compare with the CPU AdamW either way.)
+    OpChain,
+}
+
 struct Ctx<'a> {
     dev: &'a Device,
     dtype: DType,
+    reference: Reference,
     rows: Vec<ParityRow>,
 }
 
@@ -98,16 +114,14 @@ fn weighted_sum(out: &Tensor, r: &[f32]) -> Result<Tensor> {
     Ok((out.to_dtype(DType::F32)? * r)?.sum_all()?)
 }
 
-/// Runs `f` on the CPU reference inputs and on the device inputs, compares the outputs and the
-/// gradients of every input.
-fn check(
-    c: &mut Ctx<'_>,
-    op: &str,
-    inputs: &[(&str, Vec<f32>, Vec<usize>)],
-    f: &dyn Fn(&[Tensor]) -> Result<Tensor>,
-    seed: u64,
-) -> Result<()> {
-    let run = |vars: &[Var]| -> Result<(Tensor, Vec<Tensor>)> {
+/// The op under test as a function of its inputs, and its op chain (run for the reference side
+/// with [`Reference::OpChain`]).
+type OpFn<'a> = &'a dyn Fn(&[Tensor]) -> Result<Tensor>;
+
+/// Runs the op on the device inputs and the reference (`f`, or `chain` with
+/// [`Reference::OpChain`]) on the CPU inputs; compares the outputs and the gradients of every input.
+fn check(c: &mut Ctx<'_>, op: &str, inputs: &[(&str, Vec<f32>, Vec<usize>)], f: OpFn<'_>, chain: OpFn<'_>, seed: u64) -> Result<()> {
+    let run = |vars: &[Var], f: OpFn<'_>| -> Result<(Tensor, Vec<Tensor>)> {
         let ts: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
         let out = f(&ts)?;
         let mut g = Gen::new(seed);
@@ -118,8 +132,8 @@ fn check(
     };
     let ref_vars = inputs.iter().map(|(_, d, s)| Ok(Var::from_tensor(&c.cpu(d, s)?)?)).collect::<Result<Vec<_>>>()?;
     let dev_vars = inputs.iter().map(|(_, d, s)| Ok(Var::from_tensor(&c.dev(d, s)?)?)).collect::<Result<Vec<_>>>()?;
-    let (want, want_g) = run(&ref_vars)?;
-    let (got, got_g) = run(&dev_vars)?;
+    let (want, want_g) = run(&ref_vars, if c.reference == Reference::OpChain { chain } else { f })?;
+    let (got, got_g) = run(&dev_vars, f)?;
     c.compare(op, "out", &got, &want)?;
     for (((name, _, _), g), w) in inputs.iter().zip(&got_g).zip(&want_g) {
         c.compare(op, &format!("d{name}"), g, w)?;
@@ -147,17 +161,25 @@ fn rope_chain(x: &Tensor, cos: &Tensor, sin: &Tensor, interleaved: bool) -> Resu
     }
 }
 
-/// Every op's parity on `dev` with activations in `dtype` (f32 or bf16). Never fails on a
-/// mismatch: rows carry `ok`; an `Err` means an op could not run at all.
+/// Every op's parity on `dev` with activations in `dtype` (f32 or bf16) against the fused CPU
+/// ops ([`Reference::FusedCpu`]). Never fails on a mismatch: rows carry `ok`; an `Err` means an
+/// op could not run at all.
 pub fn parity(dev: &Device, dtype: DType) -> Result<Vec<ParityRow>> {
-    let mut c = Ctx { dev, dtype, rows: vec![] };
+    parity_against(dev, dtype, Reference::FusedCpu)
+}
+
+/// [`parity`] against the chosen reference.
+pub fn parity_against(dev: &Device, dtype: DType, reference: Reference) -> Result<Vec<ParityRow>> {
+    let mut c = Ctx { dev, dtype, reference, rows: vec![] };
     let mut g = Gen::new(0x5eed_1234_abcd_0001);
 
     // RMSNorm: hidden size, a head dim (QK-norm), and an odd length (partial warps).
     for &(rows, d) in &[(96usize, 512usize), (130, 64), (7, 100)] {
         let x = g.vec(rows * d, 2.0);
         let w: Vec<f32> = g.vec(d, 0.5).iter().map(|v| 1.0 + v).collect();
-        check(&mut c, &format!("rms_norm[{rows}x{d}]"), &[("x", x, vec![rows, d]), ("w", w, vec![d])], &|t| super::rms_norm(&t[0], &t[1], 1e-5), 1)?;
+        let f = |t: &[Tensor]| super::rms_norm(&t[0], &t[1], 1e-5);
+        let chain = |t: &[Tensor]| super::rmsnorm::rms_norm_reference(&t[0], &t[1], 1e-5);
+        check(&mut c, &format!("rms_norm[{rows}x{d}]"), &[("x", x, vec![rows, d]), ("w", w, vec![d])], &f, &chain, 1)?;
     }
 
     // RoPE on q-shaped and k-shaped inputs (different head counts), both pair layouts.
@@ -171,22 +193,28 @@ pub fn parity(dev: &Device, dtype: DType) -> Result<Vec<ParityRow>> {
             let x = g.vec(b * t * heads * hd, 1.0);
             let (cos_d, sin_d) = (Tensor::from_slice(&cos, (t, half), dev)?, Tensor::from_slice(&sin, (t, half), dev)?);
             let (cos_c, sin_c) = (Tensor::from_slice(&cos, (t, half), &Device::Cpu)?, Tensor::from_slice(&sin, (t, half), &Device::Cpu)?);
-            let f = move |ts: &[Tensor]| -> Result<Tensor> {
-                let (cs, sn) = if ts[0].device().is_cpu() { (&cos_c, &sin_c) } else { (&cos_d, &sin_d) };
-                match super::rope_bthd(&ts[0], cs, sn, interleaved)? {
+            let tables = |x: &Tensor| if x.device().is_cpu() { (cos_c.clone(), sin_c.clone()) } else { (cos_d.clone(), sin_d.clone()) };
+            let chain = |ts: &[Tensor]| -> Result<Tensor> {
+                let (cs, sn) = tables(&ts[0]);
+                rope_chain(&ts[0], &cs.to_dtype(ts[0].dtype())?, &sn.to_dtype(ts[0].dtype())?, interleaved)
+            };
+            let f = |ts: &[Tensor]| -> Result<Tensor> {
+                let (cs, sn) = tables(&ts[0]);
+                match super::rope_bthd(&ts[0], &cs, &sn, interleaved)? {
                     Some(y) => Ok(y),
-                    None => rope_chain(&ts[0], &cs.to_dtype(ts[0].dtype())?, &sn.to_dtype(ts[0].dtype())?, interleaved),
+                    None => chain(ts),
                 }
             };
             let name = format!("rope[h={heads},{}]", if interleaved { "interleaved" } else { "half" });
-            check(&mut c, &name, &[("x", x, vec![b, t, heads, hd])], &f, 2)?;
+            check(&mut c, &name, &[("x", x, vec![b, t, heads, hd])], &f, &chain, 2)?;
         }
     }
 
     // SwiGLU at an MLP width.
     let n = 64 * 1408;
     let (gate, up) = (g.vec(n, 3.0), g.vec(n, 1.0));
-    check(&mut c, "swiglu[64x1408]", &[("gate", gate, vec![64, 1408]), ("up", up, vec![64, 1408])], &|t| super::swiglu(&t[0], &t[1]), 3)?;
+    let (f, chain) = (|t: &[Tensor]| super::swiglu(&t[0], &t[1]), |t: &[Tensor]| super::swiglu::swiglu_reference(&t[0], &t[1]));
+    check(&mut c, "swiglu[64x1408]", &[("gate", gate, vec![64, 1408]), ("up", up, vec![64, 1408])], &f, &chain, 3)?;
 
     // Masked cross-entropy over the vocabulary: log p(target) (fused, no probabilities stored),
     // then −Σ mask·logp / Σ mask, the training loss; a quarter of the positions masked out.
@@ -197,23 +225,25 @@ pub fn parity(dev: &Device, dtype: DType) -> Result<Vec<ParityRow>> {
     let count = mask.iter().sum::<f32>() as f64;
     let (t_d, t_c) = (Tensor::from_slice(&targets, rows, dev)?, Tensor::from_slice(&targets, rows, &Device::Cpu)?);
     let (m_d, m_c) = (Tensor::from_slice(&mask, rows, dev)?, Tensor::from_slice(&mask, rows, &Device::Cpu)?);
-    let xent = move |ts: &[Tensor]| -> Result<Tensor> {
+    let xent = move |ts: &[Tensor], fused: bool| -> Result<Tensor> {
         let (tg, m) = if ts[0].device().is_cpu() { (&t_c, &m_c) } else { (&t_d, &m_d) };
-        let lp = match super::token_logprobs_fused(&ts[0], tg)? {
+        let lp = match if fused { super::token_logprobs_fused(&ts[0], tg)? } else { None } {
             Some(lp) => lp,
             None => crate::train::loss::token_logprobs_reference(&ts[0], tg)?,
         };
         Ok(((lp.to_dtype(DType::F32)? * m)?.sum_all()? * (-1.0 / count))?.reshape(1)?)
     };
-    check(&mut c, "masked_xent[48x6400]", &[("logits", logits, vec![rows, v])], &xent, 4)?;
+    let (xf, xc) = (|ts: &[Tensor]| xent(ts, true), |ts: &[Tensor]| xent(ts, false));
+    check(&mut c, "masked_xent[48x6400]", &[("logits", logits, vec![rows, v])], &xf, &xc, 4)?;
 
     // Attention softmax: causal (training) and plain, [B, KV, rep·T, S] with a scale.
     let (bb, kv, tt) = (2usize, 2usize, 32usize);
     for causal in [true, false] {
         let x = g.vec(bb * kv * 2 * tt * tt, 6.0);
         let f = move |ts: &[Tensor]| super::softmax_scaled(&ts[0], 0.125, causal.then_some((tt, 0)));
+        let chain = move |ts: &[Tensor]| super::softmax::softmax_scaled_reference(&ts[0], 0.125, causal.then_some((tt, 0)));
         let name = format!("softmax[{}]", if causal { "causal" } else { "plain" });
-        check(&mut c, &name, &[("x", x, vec![bb, kv, 2 * tt, tt])], &f, 5)?;
+        check(&mut c, &name, &[("x", x, vec![bb, kv, 2 * tt, tt])], &f, &chain, 5)?;
     }
 
     // AdamW: three steps on one decayed and one non-decayed parameter (f32 master weights),

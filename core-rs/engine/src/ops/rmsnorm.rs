@@ -7,27 +7,19 @@
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor, D};
 use rayon::prelude::*;
 
-use super::{f32_data, fused_ok, rows_per_task, uninit};
+use super::{cpu, f32_data, fused_ok, map_rows, row, same_shape};
 use crate::Result;
 
 /// Rows per partial sum of the weight gradient (fixed: the result does not depend on threads).
 const DW_BLOCK_ROWS: usize = 64;
 
-#[inline]
-fn inv_rms(x: &[f32], eps: f32) -> f32 {
-    let mut s = 0f32;
-    for &v in x {
-        s += v * v;
-    }
-    1.0 / (s / x.len() as f32 + eps).sqrt()
-}
-
-fn dims(l: &Layout, w: &Layout, op: &str) -> candle_core::Result<(usize, usize)> {
-    let d = *l.shape().dims().last().unwrap_or(&0);
-    if d == 0 || w.shape().dims() != [d] {
+/// Row length d of x, checking that the weight is `[d]`.
+fn dims(l: &Layout, w: &Layout, op: &str) -> candle_core::Result<usize> {
+    let d = super::row_len(l, op)?;
+    if w.shape().dims() != [d] {
         candle_core::bail!("{op}: weight must be [{d}] (the last dim of x), got {:?}", w.shape());
     }
-    Ok((l.shape().elem_count() / d, d))
+    Ok(d)
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -41,21 +33,11 @@ impl CustomOp2 for RmsNormOp {
     }
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = f32_data(s1, l1, "rms_norm", "x")?;
-        let w = f32_data(s2, l2, "rms_norm", "weight")?;
-        let (_rows, d) = dims(l1, l2, "rms_norm")?;
-        let mut out = uninit(x.len());
-        let rpt = rows_per_task(d);
-        let eps = self.eps;
-        out.par_chunks_mut(d * rpt).zip(x.par_chunks(d * rpt)).for_each(|(yb, xb)| {
-            for (y, x) in yb.chunks_mut(d).zip(xb.chunks(d)) {
-                let inv = inv_rms(x, eps);
-                for ((yi, &xi), &wi) in y.iter_mut().zip(x).zip(w) {
-                    *yi = xi * inv * wi;
-                }
-            }
-        });
-        Ok((CpuStorage::F32(out), l1.shape().clone()))
+        let (x, w) = (f32_data(s1, l1, "rms_norm", "x")?, f32_data(s2, l2, "rms_norm", "weight")?);
+        let d = dims(l1, l2, "rms_norm")?;
+        map_rows(x.len(), d, d, l1.shape(), |r, y| {
+            cpu::rmsnorm_row(row(x, r, d), w, y, self.eps);
+        })
     }
 
     #[cfg(feature = "cuda")]
@@ -83,56 +65,24 @@ impl CustomOp3 for RmsNormBwdX {
         "bunmind-rms-norm-bwd-x"
     }
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = f32_data(s1, l1, "rms_norm bwd", "x")?;
-        let w = f32_data(s2, l2, "rms_norm bwd", "weight")?;
-        let g = f32_data(s3, l3, "rms_norm bwd", "grad")?;
-        let (_rows, d) = dims(l1, l2, "rms_norm bwd")?;
-        if l3.shape() != l1.shape() {
-            candle_core::bail!("rms_norm bwd: grad shape {:?} != x shape {:?}", l3.shape(), l1.shape());
-        }
-        let mut out = uninit(x.len());
-        let rpt = rows_per_task(d);
-        let eps = self.eps;
-        out.par_chunks_mut(d * rpt).zip(x.par_chunks(d * rpt).zip(g.par_chunks(d * rpt))).for_each(|(db, (xb, gb))| {
-            for ((dx, x), g) in db.chunks_mut(d).zip(xb.chunks(d)).zip(gb.chunks(d)) {
-                let inv = inv_rms(x, eps);
-                let mut dot = 0f32; // Σ dy·w·x̂
-                for ((&xi, &gi), &wi) in x.iter().zip(g).zip(w) {
-                    dot += gi * wi * xi * inv;
-                }
-                let c = dot / d as f32;
-                for (((di, &xi), &gi), &wi) in dx.iter_mut().zip(x).zip(g).zip(w) {
-                    *di = inv * (gi * wi - xi * inv * c);
-                }
-            }
-        });
-        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    #[rustfmt::skip]
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let op = "rms_norm bwd";
+        let (x, w, g) = (f32_data(s1, l1, op, "x")?, f32_data(s2, l2, op, "weight")?, f32_data(s3, l3, op, "grad")?);
+        let d = dims(l1, l2, op)?;
+        same_shape(op, &[l1, l3])?;
+        map_rows(x.len(), d, d, l1.shape(), |r, dx| cpu::rmsnorm_dx_row(row(x, r, d), w, self.eps, row(g, r, d), dx))
     }
 
     #[cfg(feature = "cuda")]
-    fn cuda_fwd(
-        &self,
-        s1: &candle_core::CudaStorage,
-        l1: &Layout,
-        s2: &candle_core::CudaStorage,
-        l2: &Layout,
-        s3: &candle_core::CudaStorage,
-        l3: &Layout,
-    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+    #[rustfmt::skip]
+    fn cuda_fwd(&self, s1: &candle_core::CudaStorage, l1: &Layout, s2: &candle_core::CudaStorage, l2: &Layout, s3: &candle_core::CudaStorage, l3: &Layout) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
         super::cuda::rms_norm_bwd_x(s1, l1, s2, l2, s3, l3, self.eps)
     }
 }
 
-/// (x, dy) → dw = Σ_rows dy ⊙ x̂
+/// (x, dy) → dw = Σ_rows dy ⊙ x̂: fixed blocks of rows summed in parallel, then the block
+/// partials in block order.
 struct RmsNormBwdW {
     eps: f32,
 }
@@ -143,26 +93,18 @@ impl CustomOp2 for RmsNormBwdW {
     }
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = f32_data(s1, l1, "rms_norm bwd", "x")?;
-        let g = f32_data(s2, l2, "rms_norm bwd", "grad")?;
-        if l2.shape() != l1.shape() {
-            candle_core::bail!("rms_norm bwd: grad shape {:?} != x shape {:?}", l2.shape(), l1.shape());
-        }
-        let d = *l1.shape().dims().last().unwrap_or(&0);
-        if d == 0 {
-            candle_core::bail!("rms_norm bwd: empty last dim");
-        }
-        let eps = self.eps;
+        let op = "rms_norm bwd";
+        let (x, g) = (f32_data(s1, l1, op, "x")?, f32_data(s2, l2, op, "grad")?);
+        same_shape(op, &[l1, l2])?;
+        let d = super::row_len(l1, op)?;
+        let block = d * DW_BLOCK_ROWS;
         let partials: Vec<Vec<f32>> = x
-            .par_chunks(d * DW_BLOCK_ROWS)
-            .zip(g.par_chunks(d * DW_BLOCK_ROWS))
+            .par_chunks(block)
+            .zip(g.par_chunks(block))
             .map(|(xb, gb)| {
                 let mut acc = vec![0f32; d];
                 for (x, g) in xb.chunks(d).zip(gb.chunks(d)) {
-                    let inv = inv_rms(x, eps);
-                    for ((a, &xi), &gi) in acc.iter_mut().zip(x).zip(g) {
-                        *a += gi * xi * inv;
-                    }
+                    cpu::rmsnorm_dw_row(x, self.eps, g, &mut acc);
                 }
                 acc
             })

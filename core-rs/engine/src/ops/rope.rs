@@ -1,10 +1,10 @@
 //! Rotary embedding on `[B, T, H, D]` (the projections' natural layout) as one op, with the
 //! backward `dx = R(−θ) dy` (the same rotation with sin negated).
 //! Rotate-half pairs `(x_i, x_{i+D/2})` or interleaved pairs `(x_{2i}, x_{2i+1})`; cos/sin `[T, D/2]`.
+//! CPU arithmetic: [`cpu::rope_row`] (the row the hand-written step runs).
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
-use rayon::prelude::*;
 
-use super::{f32_data, fused_ok, rows_per_task, uninit};
+use super::{cpu, f32_data, fused_ok, map_rows, row};
 use crate::Result;
 
 #[derive(Debug, Clone, Copy)]
@@ -19,62 +19,26 @@ impl CustomOp3 for RopeOp {
         "bunmind-rope-bthd"
     }
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = f32_data(s1, l1, "rope", "x")?;
-        let cos = f32_data(s2, l2, "rope", "cos")?;
-        let sin = f32_data(s3, l3, "rope", "sin")?;
+    #[rustfmt::skip]
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (x, cos, sin) = (f32_data(s1, l1, "rope", "x")?, f32_data(s2, l2, "rope", "cos")?, f32_data(s3, l3, "rope", "sin")?);
         let (_b, t, h, d) = l1.shape().dims4()?;
         let half = d / 2;
         if d % 2 != 0 || l2.shape().dims() != [t, half] || l3.shape().dims() != [t, half] {
             candle_core::bail!("rope: x {:?} needs cos/sin [{t}, {half}], got {:?} / {:?}", l1.shape(), l2.shape(), l3.shape());
         }
-        let mut out = uninit(x.len());
-        let rpt = rows_per_task(d);
-        let sgn = if self.inverse { -1f32 } else { 1f32 };
-        let interleaved = self.interleaved;
-        out.par_chunks_mut(d * rpt).zip(x.par_chunks(d * rpt)).enumerate().for_each(|(blk, (yb, xb))| {
-            for (k, (y, x)) in yb.chunks_mut(d).zip(xb.chunks(d)).enumerate() {
-                let pos = ((blk * rpt + k) / h) % t;
-                let c = &cos[pos * half..(pos + 1) * half];
-                let s = &sin[pos * half..(pos + 1) * half];
-                if interleaved {
-                    for i in 0..half {
-                        let (xe, xo, si) = (x[2 * i], x[2 * i + 1], sgn * s[i]);
-                        y[2 * i] = xe * c[i] - xo * si;
-                        y[2 * i + 1] = xe * si + xo * c[i];
-                    }
-                } else {
-                    let (x1, x2) = x.split_at(half);
-                    let (y1, y2) = y.split_at_mut(half);
-                    for i in 0..half {
-                        let si = sgn * s[i];
-                        y1[i] = x1[i] * c[i] - x2[i] * si;
-                        y2[i] = x2[i] * c[i] + x1[i] * si;
-                    }
-                }
-            }
-        });
-        Ok((CpuStorage::F32(out), l1.shape().clone()))
+        let sign = if self.inverse { -1f32 } else { 1f32 };
+        // One row per (b, t, h) head vector, at position t.
+        map_rows(x.len(), d, d, l1.shape(), |r, y| {
+            let pos = (r / h) % t;
+            y.copy_from_slice(row(x, r, d));
+            cpu::rope_row(y, row(cos, pos, half), row(sin, pos, half), self.interleaved, sign);
+        })
     }
 
     #[cfg(feature = "cuda")]
-    fn cuda_fwd(
-        &self,
-        s1: &candle_core::CudaStorage,
-        l1: &Layout,
-        s2: &candle_core::CudaStorage,
-        l2: &Layout,
-        s3: &candle_core::CudaStorage,
-        l3: &Layout,
-    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+    #[rustfmt::skip]
+    fn cuda_fwd(&self, s1: &candle_core::CudaStorage, l1: &Layout, s2: &candle_core::CudaStorage, l2: &Layout, s3: &candle_core::CudaStorage, l3: &Layout) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
         super::cuda::rope(s1, l1, s2, l2, s3, l3, self.interleaved, self.inverse)
     }
 

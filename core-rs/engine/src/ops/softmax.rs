@@ -4,11 +4,11 @@
 //! Causal: view x as rows of length S; row r is query `i = r % t` at absolute position
 //! `offset + i` and sees keys `j ≤ offset + i`; the others get probability exactly 0 (what the
 //! additive −1e9 mask gave). `t` divides the row count, so `[B, KV, rep·T, S]` grouped-query
-//! scores work as well as `[B, H, T, S]`.
+//! scores work as well as `[B, H, T, S]`. CPU arithmetic: [`cpu::softmax_row`],
+//! [`cpu::softmax_bwd_row`] (the rows the hand-written step's attention runs).
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
-use rayon::prelude::*;
 
-use super::{f32_data, fused_ok, rows_per_task, uninit};
+use super::{cpu, f32_data, fused_ok, map_rows, row, same_shape};
 use crate::Result;
 
 #[derive(Debug, Clone, Copy)]
@@ -19,6 +19,7 @@ pub struct ScaledSoftmax {
 }
 
 impl ScaledSoftmax {
+    /// How many leading columns of row `row` (of `s`) are visible.
     #[inline]
     fn valid(&self, row: usize, s: usize) -> usize {
         match self.causal {
@@ -27,19 +28,16 @@ impl ScaledSoftmax {
         }
     }
 
-    fn check(&self, layout: &Layout) -> candle_core::Result<(usize, usize)> {
-        let dims = layout.shape().dims();
-        let s = *dims.last().unwrap_or(&0);
-        if s == 0 {
-            candle_core::bail!("softmax_scaled: empty last dim");
-        }
+    /// The row length S, checking that the causal block divides the rows.
+    fn check(&self, layout: &Layout) -> candle_core::Result<usize> {
+        let s = super::row_len(layout, "softmax_scaled")?;
         let rows = layout.shape().elem_count() / s;
         if let Some((t, _)) = self.causal {
             if t == 0 || rows % t != 0 {
                 candle_core::bail!("softmax_scaled: causal block t={t} does not divide {rows} rows");
             }
         }
-        Ok((rows, s))
+        Ok(s)
     }
 }
 
@@ -50,32 +48,20 @@ impl CustomOp1 for ScaledSoftmax {
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let x = f32_data(storage, layout, "softmax_scaled", "input")?;
-        let (_rows, s) = self.check(layout)?;
-        let mut out = uninit(x.len());
-        let rpt = rows_per_task(s);
-        let scale = self.scale;
-        out.par_chunks_mut(s * rpt).zip(x.par_chunks(s * rpt)).enumerate().for_each(|(blk, (yb, xb))| {
-            for (k, (y, x)) in yb.chunks_mut(s).zip(xb.chunks(s)).enumerate() {
-                let n = self.valid(blk * rpt + k, s);
-                let (y, rest) = y.split_at_mut(n);
-                rest.fill(0.0);
-                let x = &x[..n];
-                let mut max = f32::NEG_INFINITY;
-                for (yi, &xi) in y.iter_mut().zip(x) {
-                    *yi = xi * scale;
-                    max = max.max(*yi);
-                }
-                let mut sum = 0f32;
-                for yi in y.iter_mut() {
-                    *yi = (*yi - max).exp();
-                    sum += *yi;
-                }
-                for yi in y.iter_mut() {
-                    *yi /= sum;
-                }
+        let s = self.check(layout)?;
+        // The kernel shifts by the row's max before scaling, which needs scale ≥ 0:
+        // softmax(scale·x) = softmax(|scale|·(−x)).
+        let flip = self.scale < 0.0;
+        map_rows(x.len(), s, s, layout.shape(), |r, y| {
+            let n = self.valid(r, s);
+            let x = &row(x, r, s)[..n];
+            if flip {
+                y[..n].iter_mut().zip(x).for_each(|(yi, &xi)| *yi = -xi);
+            } else {
+                y[..n].copy_from_slice(x);
             }
-        });
-        Ok((CpuStorage::F32(out), layout.shape().clone()))
+            cpu::softmax_row(y, n, self.scale.abs());
+        })
     }
 
     #[cfg(feature = "cuda")]
@@ -100,33 +86,15 @@ impl CustomOp2 for SoftmaxBwd {
     }
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let y = f32_data(s1, l1, "softmax_scaled bwd", "output")?;
-        let g = f32_data(s2, l2, "softmax_scaled bwd", "grad")?;
-        if l1.shape() != l2.shape() {
-            candle_core::bail!("softmax_scaled bwd: shape mismatch {:?} vs {:?}", l1.shape(), l2.shape());
-        }
-        let (_rows, s) = self.fwd.check(l1)?;
-        let mut out = uninit(y.len());
-        let rpt = rows_per_task(s);
-        let scale = self.fwd.scale;
-        out.par_chunks_mut(s * rpt).zip(y.par_chunks(s * rpt).zip(g.par_chunks(s * rpt))).enumerate().for_each(
-            |(blk, (db, (yb, gb)))| {
-                for (k, ((d, y), g)) in db.chunks_mut(s).zip(yb.chunks(s)).zip(gb.chunks(s)).enumerate() {
-                    let n = self.fwd.valid(blk * rpt + k, s);
-                    let (d, rest) = d.split_at_mut(n);
-                    rest.fill(0.0);
-                    let (y, g) = (&y[..n], &g[..n]);
-                    let mut dot = 0f32;
-                    for (&yi, &gi) in y.iter().zip(g) {
-                        dot += yi * gi;
-                    }
-                    for ((di, &yi), &gi) in d.iter_mut().zip(y).zip(g) {
-                        *di = scale * yi * (gi - dot);
-                    }
-                }
-            },
-        );
-        Ok((CpuStorage::F32(out), l1.shape().clone()))
+        let op = "softmax_scaled bwd";
+        let (y, g) = (f32_data(s1, l1, op, "output")?, f32_data(s2, l2, op, "grad")?);
+        same_shape(op, &[l1, l2])?;
+        let s = self.fwd.check(l1)?;
+        map_rows(y.len(), s, s, l1.shape(), |r, dx| {
+            let n = self.fwd.valid(r, s);
+            dx[..n].copy_from_slice(&row(g, r, s)[..n]);
+            cpu::softmax_bwd_row(row(y, r, s), dx, n, self.fwd.scale);
+        })
     }
 
     #[cfg(feature = "cuda")]

@@ -1,16 +1,16 @@
 //! SwiGLU gate `silu(g) ⊙ u` as one op: backward `dg = dy ⊙ u ⊙ σ(g)(1 + g(1 − σ(g)))`,
-//! `du = dy ⊙ silu(g)` (σ recomputed from g).
+//! `du = dy ⊙ silu(g)` (σ recomputed from g). CPU arithmetic: [`cpu::swiglu_fwd`] and friends.
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor};
-use rayon::prelude::*;
 
-use super::{f32_data, fused_ok, uninit};
+use super::{cpu, f32_data, fused_ok, map_rows, same_shape};
 use crate::Result;
 
+/// Elements per kernel call (an elementwise op: any split gives the same result).
 const CHUNK: usize = 1 << 14;
 
-#[inline]
-fn sigmoid(x: f32) -> f32 {
-    1.0 / (1.0 + (-x).exp())
+/// Elements `[r·CHUNK, r·CHUNK + len)` of `x`: the inputs of output chunk `r` of length `len`.
+fn chunk(x: &[f32], r: usize, len: usize) -> &[f32] {
+    &x[r * CHUNK..r * CHUNK + len]
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -22,18 +22,9 @@ impl CustomOp2 for SwiGlu {
     }
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let g = f32_data(s1, l1, "swiglu", "gate")?;
-        let u = f32_data(s2, l2, "swiglu", "up")?;
-        if l1.shape() != l2.shape() {
-            candle_core::bail!("swiglu: gate {:?} and up {:?} differ in shape", l1.shape(), l2.shape());
-        }
-        let mut out = uninit(g.len());
-        out.par_chunks_mut(CHUNK).zip(g.par_chunks(CHUNK).zip(u.par_chunks(CHUNK))).for_each(|(o, (g, u))| {
-            for ((oi, &gi), &ui) in o.iter_mut().zip(g).zip(u) {
-                *oi = gi / (1.0 + (-gi).exp()) * ui; // candle's silu, times u
-            }
-        });
-        Ok((CpuStorage::F32(out), l1.shape().clone()))
+        let (g, u) = (f32_data(s1, l1, "swiglu", "gate")?, f32_data(s2, l2, "swiglu", "up")?);
+        same_shape("swiglu", &[l1, l2])?;
+        map_rows(g.len(), CHUNK, CHUNK, l1.shape(), |r, a| cpu::swiglu_fwd(chunk(g, r, a.len()), chunk(u, r, a.len()), a))
     }
 
     #[cfg(feature = "cuda")]
@@ -59,44 +50,24 @@ impl CustomOp3 for SwiGluBwd {
         "bunmind-swiglu-bwd"
     }
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let g = f32_data(s1, l1, "swiglu bwd", "gate")?;
-        let u = f32_data(s2, l2, "swiglu bwd", "up")?;
-        let dy = f32_data(s3, l3, "swiglu bwd", "grad")?;
-        if l1.shape() != l2.shape() || l1.shape() != l3.shape() {
-            candle_core::bail!("swiglu bwd: shape mismatch");
-        }
-        let mut out = uninit(g.len());
-        let wrt_gate = self.wrt_gate;
-        out.par_chunks_mut(CHUNK).zip(g.par_chunks(CHUNK).zip(u.par_chunks(CHUNK).zip(dy.par_chunks(CHUNK)))).for_each(
-            |(o, (g, (u, dy)))| {
-                for (((oi, &gi), &ui), &di) in o.iter_mut().zip(g).zip(u).zip(dy) {
-                    let s = sigmoid(gi);
-                    *oi = if wrt_gate { di * ui * (s * (1.0 + gi * (1.0 - s))) } else { di * gi * s };
-                }
-            },
-        );
-        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    #[rustfmt::skip]
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let op = "swiglu bwd";
+        let (g, u, dy) = (f32_data(s1, l1, op, "gate")?, f32_data(s2, l2, op, "up")?, f32_data(s3, l3, op, "grad")?);
+        same_shape(op, &[l1, l2, l3])?;
+        map_rows(g.len(), CHUNK, CHUNK, l1.shape(), |r, o| {
+            let (g, d) = (chunk(g, r, o.len()), chunk(dy, r, o.len()));
+            if self.wrt_gate {
+                cpu::swiglu_bwd_gate(g, chunk(u, r, o.len()), d, o)
+            } else {
+                cpu::swiglu_bwd_up(g, d, o)
+            }
+        })
     }
 
     #[cfg(feature = "cuda")]
-    fn cuda_fwd(
-        &self,
-        s1: &candle_core::CudaStorage,
-        l1: &Layout,
-        s2: &candle_core::CudaStorage,
-        l2: &Layout,
-        s3: &candle_core::CudaStorage,
-        l3: &Layout,
-    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+    #[rustfmt::skip]
+    fn cuda_fwd(&self, s1: &candle_core::CudaStorage, l1: &Layout, s2: &candle_core::CudaStorage, l2: &Layout, s3: &candle_core::CudaStorage, l3: &Layout) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
         super::cuda::swiglu_bwd(s1, l1, s2, l2, s3, l3, self.wrt_gate)
     }
 }

@@ -1,9 +1,15 @@
-//! Row kernels for the hand-written training step: a vectorisable `exp`, lane-split reductions,
-//! and the elementwise pieces (RMSNorm, SwiGLU, softmax, cross-entropy, RoPE) with their
-//! backward. Each kernel is compiled twice, plain and with AVX2+FMA, and picks one at run time
-//! (`simd!`), so the library still runs on any x86-64 (and on other architectures).
+//! The CPU kernels of the model's elementwise and row-wise arithmetic — RMSNorm, SwiGLU,
+//! softmax (scaled, causal), cross-entropy / log-probabilities and RoPE, each with its backward —
+//! and the one place each formula is written. Both CPU training paths run them: the hand-written
+//! step ([`crate::fast::dense`], which calls them on its own buffers) and the candle ops of the
+//! autograd graph (the `cpu_fwd` of every `CustomOp` in this module's siblings, forward and
+//! backward). The CUDA side of the same ops is [`super::cuda`] with `<repo>/cuda/*.cu`.
 //!
-//! Every reduction runs over fixed lanes in a fixed order: results do not depend on threads.
+//! Numerics: a vectorisable polynomial `exp` (≤ 2 ulp), lane-split reductions. Each kernel is
+//! compiled twice, plain and with AVX2+FMA, and picks one at run time (`simd!`), so the library
+//! still runs on any x86-64 (and on other architectures). Every kernel works on one row (or one
+//! slice) and every reduction runs over fixed lanes in a fixed order: callers split work over
+//! rows only, so results do not depend on the number of threads.
 
 /// Defines `fn name(args) -> ret` whose body is compiled for the baseline target and, on
 /// x86-64, a second time with AVX2 + FMA enabled; the AVX2 copy runs when the CPU has it.
@@ -20,7 +26,7 @@ macro_rules! simd {
                 #[target_feature(enable = "avx2,fma")]
                 #[allow(clippy::too_many_arguments)]
                 unsafe fn avx2($($arg: $ty),*) $(-> $ret)? { body($($arg),*) }
-                if $crate::fast::vmath::has_avx2() {
+                if $crate::ops::cpu::has_avx2() {
                     // SAFETY: the CPU supports AVX2 and FMA (checked at run time).
                     return unsafe { avx2($($arg),*) };
                 }
@@ -128,10 +134,79 @@ fn exp_shifted(x: &mut [f32], m: f32, s: f32) -> f32 {
     sum
 }
 
+/// Σ e^(x − m) over fixed lanes, reading x only (the reduction of [`exp_shifted`] at s = 1,
+/// for a caller that needs the sum and not the exponentials).
+#[inline(always)]
+fn exp_sum(x: &[f32], m: f32) -> f32 {
+    let mut acc = [0f32; LANES];
+    let mut c = x.chunks_exact(LANES);
+    for v in &mut c {
+        for l in 0..LANES {
+            acc[l] += exp(v[l] - m);
+        }
+    }
+    let mut sum = lanes_sum(acc);
+    for &v in c.remainder() {
+        sum += exp(v - m);
+    }
+    sum
+}
+
+/// `1 / sqrt(mean(x²) + eps)`: RMSNorm's row statistic.
+#[inline(always)]
+fn inv_rms(x: &[f32], eps: f32) -> f32 {
+    1.0 / (dot(x, x) / x.len() as f32 + eps).sqrt()
+}
+
+/// RMSNorm's input gradient `dx (+)= inv·(dy⊙w − x̂·Σ(dy⊙w⊙x̂)/n)` (x̂ = x·inv; added when `acc`).
+#[inline(always)]
+fn rms_dx(x: &[f32], w: &[f32], inv: f32, dy: &[f32], dx: &mut [f32], acc: bool) {
+    let n = x.len();
+    let mut a = [0f32; LANES];
+    let mut i = 0;
+    while i + LANES <= n {
+        for l in 0..LANES {
+            a[l] += dy[i + l] * w[i + l] * x[i + l];
+        }
+        i += LANES;
+    }
+    let mut d = lanes_sum(a);
+    while i < n {
+        d += dy[i] * w[i] * x[i];
+        i += 1;
+    }
+    let c = d * inv * inv / n as f32; // Σ dy·w·x̂ / n, times inv for x̂
+    if acc {
+        for j in 0..n {
+            dx[j] += inv * (dy[j] * w[j] - x[j] * c);
+        }
+    } else {
+        for j in 0..n {
+            dx[j] = inv * (dy[j] * w[j] - x[j] * c);
+        }
+    }
+}
+
+/// RMSNorm's weight gradient of one row, accumulated: `dw += dy ⊙ x̂`.
+#[inline(always)]
+fn rms_dw(x: &[f32], inv: f32, dy: &[f32], dw: &mut [f32]) {
+    for j in 0..x.len() {
+        dw[j] += dy[j] * x[j] * inv;
+    }
+}
+
+/// SwiGLU's local gradients at one element of `a = silu(g)·u` for upstream `d`: (∂/∂g, ∂/∂u).
+#[inline(always)]
+fn swiglu_grads(g: f32, u: f32, d: f32) -> (f32, f32) {
+    let s = sigmoid(g);
+    let silu = g * s;
+    (d * u * s * (1.0 + g * (1.0 - s)), d * silu)
+}
+
 simd! {
     /// y = w ⊙ x·inv with inv = 1/sqrt(mean(x²) + eps); returns inv.
     pub(crate) fn rmsnorm_row(x: &[f32], w: &[f32], y: &mut [f32], eps: f32) -> f32 {
-        let inv = 1.0 / (dot(x, x) / x.len() as f32 + eps).sqrt();
+        let inv = inv_rms(x, eps);
         for ((yi, &xi), &wi) in y.iter_mut().zip(x).zip(w) {
             *yi = xi * inv * wi;
         }
@@ -140,36 +215,25 @@ simd! {
 }
 
 simd! {
-    /// RMSNorm backward for one row: `dx (+)= inv·(dy⊙w − x̂·Σ(dy⊙w⊙x̂)/n)` (added to dx when
-    /// `acc`), and `dw += dy ⊙ x̂` (x̂ = x·inv).
+    /// RMSNorm backward for one row (the statistic `inv` from [`rmsnorm_row`]): `dx (+)= ∂/∂x`
+    /// (added to dx when `acc`), and `dw += dy ⊙ x̂` (x̂ = x·inv).
     pub(crate) fn rmsnorm_bwd_row(x: &[f32], w: &[f32], inv: f32, dy: &[f32], dx: &mut [f32], dw: &mut [f32], acc: bool) {
-        let n = x.len();
-        let mut a = [0f32; LANES];
-        let mut i = 0;
-        while i + LANES <= n {
-            for l in 0..LANES {
-                a[l] += dy[i + l] * w[i + l] * x[i + l];
-            }
-            i += LANES;
-        }
-        let mut d = lanes_sum(a);
-        while i < n {
-            d += dy[i] * w[i] * x[i];
-            i += 1;
-        }
-        let c = d * inv * inv / n as f32; // Σ dy·w·x̂ / n, times inv for x̂
-        if acc {
-            for j in 0..n {
-                dx[j] += inv * (dy[j] * w[j] - x[j] * c);
-            }
-        } else {
-            for j in 0..n {
-                dx[j] = inv * (dy[j] * w[j] - x[j] * c);
-            }
-        }
-        for j in 0..n {
-            dw[j] += dy[j] * x[j] * inv;
-        }
+        rms_dx(x, w, inv, dy, dx, acc);
+        rms_dw(x, inv, dy, dw);
+    }
+}
+
+simd! {
+    /// RMSNorm input gradient alone for one row, recomputing the statistic: `dx = ∂/∂x`.
+    pub(crate) fn rmsnorm_dx_row(x: &[f32], w: &[f32], eps: f32, dy: &[f32], dx: &mut [f32]) {
+        rms_dx(x, w, inv_rms(x, eps), dy, dx, false);
+    }
+}
+
+simd! {
+    /// RMSNorm weight gradient alone for one row, recomputing the statistic: `dw += dy ⊙ x̂`.
+    pub(crate) fn rmsnorm_dw_row(x: &[f32], eps: f32, dy: &[f32], dw: &mut [f32]) {
+        rms_dw(x, inv_rms(x, eps), dy, dw);
     }
 }
 
@@ -186,11 +250,25 @@ simd! {
     /// In place: (g, u) ← (∂a/∂g · da, ∂a/∂u · da) for a = silu(g) ⊙ u.
     pub(crate) fn swiglu_bwd(g: &mut [f32], u: &mut [f32], da: &[f32]) {
         for ((gi, ui), &d) in g.iter_mut().zip(u.iter_mut()).zip(da) {
-            let s = sigmoid(*gi);
-            let silu = *gi * s;
-            let dg = d * *ui * s * (1.0 + *gi * (1.0 - s));
-            *ui = d * silu;
-            *gi = dg;
+            (*gi, *ui) = swiglu_grads(*gi, *ui, d);
+        }
+    }
+}
+
+simd! {
+    /// dg = ∂a/∂g · da for a = silu(g) ⊙ u.
+    pub(crate) fn swiglu_bwd_gate(g: &[f32], u: &[f32], da: &[f32], dg: &mut [f32]) {
+        for (((o, &gi), &ui), &d) in dg.iter_mut().zip(g).zip(u).zip(da) {
+            *o = swiglu_grads(gi, ui, d).0;
+        }
+    }
+}
+
+simd! {
+    /// du = ∂a/∂u · da for a = silu(g) ⊙ u.
+    pub(crate) fn swiglu_bwd_up(g: &[f32], da: &[f32], du: &mut [f32]) {
+        for ((o, &gi), &d) in du.iter_mut().zip(g).zip(da) {
+            *o = swiglu_grads(gi, 0.0, d).1;
         }
     }
 }
@@ -235,6 +313,15 @@ simd! {
         }
         row[target] -= 1.0;
         lse - xt
+    }
+}
+
+simd! {
+    /// `log softmax(x)[target] = x[target] − logsumexp(x)` of one row of logits, reading the row
+    /// only (the forward of the candle log-prob op; [`xent_row`] is its fused loss + gradient).
+    pub(crate) fn logprob_row(x: &[f32], target: usize) -> f32 {
+        let m = max(x);
+        x[target] - (m + exp_sum(x, m).ln())
     }
 }
 
