@@ -8,6 +8,8 @@ import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync
 import { join } from "node:path"
 import { checkConfig, stageHash, stageOptionsFor } from "../src/pipeline/pipeline.ts"
 import { recordRun, resolveStageOptions, RUN_DEFAULTS, SettingError, STAGE_DEFAULTS, STAGES } from "../src/train/index.ts"
+import { metricLine } from "../src/train/run.ts"
+import type { StepResult } from "../src/model/trainer.ts"
 import { cli } from "./helpers/cli.ts"
 
 const out = join(import.meta.dir, ".out", "train-options")
@@ -133,5 +135,18 @@ describe("run.json", () => {
     expect(p).toMatchObject({ stages: ["sft", "dpo"], config: { pretrain: { lr: 3 } }, pipeline: { run: dir } })
     expect(readdirSync(dir)).toEqual(["run.json"])
     expect(existsSync(join(dir, "run.json"))).toBe(true)
+  })
+})
+
+describe("metrics line", () => {
+  const state = { step: 3, tokens: 600, sampler: { epoch: 0 } } as Parameters<typeof metricLine>[0]
+  const result: StepResult = { step: 3, loss: 2.5, grad_norm: 1.25, lr: 1e-3, tokens: 200, applied: true, aux_loss: 0, world_size: 1 }
+
+  test("carries step_path when the native step reports it, and has no such key when it does not", () => {
+    const withPath = metricLine(state, { ...result, step_path: "handwritten" }, 1e-3, 2)
+    expect(withPath).toMatchObject({ step: 3, epoch: 0, loss: 2.5, lr: 1e-3, grad_norm: 1.25, tokens: 200, tokens_per_s: 300, elapsed_s: 2, step_path: "handwritten" })
+    const without = metricLine(state, result, 1e-3, 2)
+    expect("step_path" in without).toBe(false)
+    expect(Object.keys(without)).toEqual(["step", "epoch", "loss", "lr", "grad_norm", "tokens", "tokens_per_s", "elapsed_s"])
   })
 })

@@ -95,16 +95,8 @@ const get = <A>(o: Option.Option<A>, d: A): A => (Option.isSome(o) ? o.value : d
 
 export const runDirOf = (run: string, runDir: Option.Option<string>) => resolve(get(runDir, join("runs", run)))
 
-/** The `--flag` of each setting, for error messages. */
+/** The `--flag` of each setting whose name is not its field in kebab case, for error messages. */
 const FLAG_OF: Record<string, string> = {
-  seqLen: "--seq-len",
-  batchSize: "--batch-size",
-  evalEvery: "--eval-every",
-  evalBatches: "--eval-batches",
-  evalFraction: "--eval-fraction",
-  saveEvery: "--save-every",
-  weightDecay: "--weight-decay",
-  gradClip: "--grad-clip",
   systemPromptP: "--random-system-prompt",
   stripEmptyThinkP: "--strip-empty-think",
   "lora.r": "--rank",

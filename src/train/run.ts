@@ -41,7 +41,7 @@ interface CheckpointExtra {
 }
 
 /** Everything the loop changes as it runs; the finalizer (interrupted / failed runs) reads it. */
-interface LoopState {
+export interface LoopState {
   sampler: BatchSampler
   /** Optimizer steps done (this run and the ones resumed from). */
   step: number
@@ -105,8 +105,8 @@ const keepMetricsUpTo = (file: string, step: number) => {
   writeFileSync(file, kept.map((l) => l + "\n").join(""))
 }
 
-/** The metrics line of one step (the step's result, its LR, the run's token count so far). */
-const metricLine = (s: LoopState, r: StepResult, lr: number, elapsedS: number): MetricLine => ({
+/** The metrics line of one step (the step's result, its LR, the run's token count so far); `step_path` when the library reports it. */
+export const metricLine = (s: Pick<LoopState, "step" | "sampler" | "tokens">, r: StepResult, lr: number, elapsedS: number): MetricLine => ({
   step: s.step,
   epoch: s.sampler.epoch,
   loss: r.loss,
