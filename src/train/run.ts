@@ -93,6 +93,23 @@ const openModels = (o: StageOptions) =>
     return { model, reference, teacher }
   })
 
+/** Restores the trainer and the loop state from the stage's checkpoint (same --drop-last, same shards). */
+const resumeFrom = (o: StageOptions, ckptDir: string, trainer: Trainer, s: LoopState, numTrain: number) =>
+  Effect.gen(function* () {
+    const extra = (yield* Effect.try({ try: () => trainer.loadCheckpoint(ckptDir), catch: (e) => e as Error })) as CheckpointExtra
+    const sampler = BatchSampler.fromState(extra.sampler, numTrain)
+    if (sampler.dropLast !== (o.dropLast ?? false)) {
+      return yield* Effect.fail(
+        new StageError({ stage: o.stage, message: `the checkpoint in ${ckptDir} was written ${sampler.dropLast ? "with" : "without"} --drop-last: resume with the same setting` }),
+      )
+    }
+    s.sampler = sampler
+    s.step = extra.step
+    s.tokens = extra.tokens
+    s.elapsedBefore = extra.elapsed_s
+    s.resumedFrom = extra.step
+  })
+
 /** Metrics lines up to `step` (written before the checkpoint being resumed); later ones are dropped. */
 const keepMetricsUpTo = (file: string, step: number) => {
   const kept = readFileSync(file, "utf8").split("\n").filter((l) => {
@@ -172,19 +189,8 @@ export const runStageHere = (o: StageOptions) =>
 
     const s: LoopState = { sampler: fresh, step: 0, stepsThisRun: 0, tokens: 0, elapsedBefore: 0, resumedFrom: null, last: undefined, lastEval: undefined, status: "interrupted" }
 
-    // Resume.
     if (o.resume && existsSync(join(ckptDir, "trainer_state.json"))) {
-      const extra = (yield* Effect.try({ try: () => trainer.loadCheckpoint(ckptDir), catch: (e) => e as Error })) as CheckpointExtra
-      s.sampler = BatchSampler.fromState(extra.sampler, split.train.length)
-      if (s.sampler.dropLast !== dropLast) {
-        return yield* Effect.fail(
-          new StageError({ stage: o.stage, message: `the checkpoint in ${ckptDir} was written ${s.sampler.dropLast ? "with" : "without"} --drop-last: resume with the same setting` }),
-        )
-      }
-      s.step = extra.step
-      s.tokens = extra.tokens
-      s.elapsedBefore = extra.elapsed_s
-      s.resumedFrom = s.step
+      yield* resumeFrom(o, ckptDir, trainer, s, split.train.length)
       // Metrics written after the checkpoint (a crash between save and exit) are dropped.
       if (lead && existsSync(metricsFile)) keepMetricsUpTo(metricsFile, s.step)
       log(`resumed from ${ckptDir} at step ${s.step}/${totalSteps}`)
