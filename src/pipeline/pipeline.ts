@@ -16,7 +16,7 @@ import { Data, Effect } from "effect"
 import { ProgressBar, fmtBytes } from "../util/progress.ts"
 import { tokenizerVocabSize } from "../tokenizer/tokenizer.ts"
 import { trainTokenizer } from "../tokenizer/train.ts"
-import { checkStageSettings, recordRun, resolveStageOptions, RUN_DEFAULTS, runStage, STAGE_NAMES, type StageName, type StageOptions, type StageSettings, type StageSummary } from "../train/index.ts"
+import { checkStageSettings, recordRun, resolveStageOptions, RUN_DEFAULTS, runStage, SettingError, STAGE_NAMES, type StageName, type StageOptions, type StageSettings, type StageSummary } from "../train/index.ts"
 import { parseDeviceName, type Device } from "../native/library.ts"
 
 export class PipelineError extends Data.TaggedError("PipelineError")<{ readonly message: string }> {}
@@ -218,7 +218,11 @@ export const runPipeline = (cfg: PipelineConfig, opts: { quiet?: boolean } = {})
     const results: PipelineResult["stages"] = []
     let previous: string | undefined
     for (const s of cfg.stages) {
-      const o = { ...stageOptionsFor(cfg, s, previous, tokenizer, vocab), quiet: opts.quiet }
+      const resolved = yield* Effect.try({
+        try: () => stageOptionsFor(cfg, s, previous, tokenizer, vocab),
+        catch: (e) => new PipelineError({ message: e instanceof SettingError ? `${cfg.run}: ${s.stage}: ${keyOf(e.field)}: ${e.message}` : String(e) }),
+      })
+      const o = { ...resolved, quiet: opts.quiet }
       recordRun(cfg.run, { stage: { name: s.stage, options: o } })
       const stageDir = join(cfg.run, s.stage)
       const stampFile = join(stageDir, "pipeline-stage.json")
