@@ -17,7 +17,7 @@ import { generateDemoData, writeDemoData } from "../src/demo/facts.ts"
 import { initModelSync } from "../src/model/model.ts"
 import { openTrainerSync } from "../src/model/trainer.ts"
 import { trainTokenizer } from "../src/tokenizer/train.ts"
-import { runStage, splitIndices, type StageOptions } from "../src/train/loop.ts"
+import { runStage, splitIndices, type StageOptions } from "../src/train/index.ts"
 import { benchRoot, stats, writeReport, type Row } from "./lib/report.ts"
 
 // The demo's model and pretraining batch (16 × 128): the stage overhead is a fixed cost per step,

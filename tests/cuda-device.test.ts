@@ -12,7 +12,7 @@ import { initModelSync } from "../src/model/model.ts"
 import { NativeLoadError } from "../src/native/errors.ts"
 import { libraryPath, loadNativeSync, parseDeviceName, ptrOf, utf8 } from "../src/native/library.ts"
 import { distEnv, nprocProblem, type NprocFacts } from "../src/train/distributed.ts"
-import { rankMicroBatches, rankSplitProblem } from "../src/train/loop.ts"
+import { rankMicroBatches, rankSplitProblem } from "../src/train/index.ts"
 import { cli, repo } from "./helpers/cli.ts"
 
 const out = join(import.meta.dir, ".out", "cuda-device")

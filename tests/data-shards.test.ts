@@ -128,7 +128,9 @@ describe("prepareShards → openShards round trip", () => {
         { conversations: [{ role: "system", content: "", tools }, { role: "user", content: "" }, { role: "assistant", content: "b" }] }, // all kept now
       ].map((r) => JSON.stringify(r)).join("\n"),
     )
-    const kept = await run(prepareShards({ input, tokenizer: DATA, kind: "sft", outDir: join(dir, "unlabeled-keep"), maxLen: 32, log: false }))
+    // No random system prompt (the default draws 0.2 per record from the seeded RNG): record 1 must stay within max_len.
+    const augment = { systemPromptP: 0 }
+    const kept = await run(prepareShards({ input, tokenizer: DATA, kind: "sft", outDir: join(dir, "unlabeled-keep"), maxLen: 32, augment, log: false }))
     // record 3 renders the tools preamble (> 32 tokens), so it too is cut before its reply
     expect([kept.index.records, kept.skipped, kept.unlabeled, kept.index.unlabeled, kept.index.options.unlabeled]).toEqual([3, 0, 2, 2, "keep"])
     expect(kept.summary).toEndWith("; 0 records skipped, 2 warnings; 2 samples without a loss token kept (as upstream; --skip-unlabeled drops them)")
@@ -144,7 +146,7 @@ describe("prepareShards → openShards round trip", () => {
     expect(b.mask.subarray(0, 31).some((m) => m === 1)).toBe(true)
     expect(formatShardInspection(await run(inspectShards(kept.outDir)))).toContain("2 without a loss token (kept)")
 
-    const skipped = await run(prepareShards({ input, tokenizer: DATA, kind: "sft", outDir: join(dir, "unlabeled-skip"), maxLen: 32, unlabeled: "skip", log: false }))
+    const skipped = await run(prepareShards({ input, tokenizer: DATA, kind: "sft", outDir: join(dir, "unlabeled-skip"), maxLen: 32, unlabeled: "skip", augment, log: false }))
     expect([skipped.index.records, skipped.skipped, skipped.unlabeled, skipped.index.unlabeled, skipped.index.options.unlabeled]).toEqual([1, 2, 2, 2, "skip"])
     expect(skipped.warnings[0]).toBe(`skipped ${input}:2: no assistant tokens within max_len 32`)
     expect(skipped.summary).toEndWith("; 2 records skipped, 0 warnings; 2 samples without a loss token skipped (--skip-unlabeled)")

@@ -7,6 +7,7 @@
  */
 import { afterAll, beforeAll, expect, test } from "bun:test"
 import { health, makeTinyModel, spawnServer, waitForHealth, type ServerProcess } from "./serve-fixture.ts"
+import { rng } from "../src/util/rng.ts"
 
 const KEY = "load-key"
 let server: ServerProcess
@@ -126,20 +127,9 @@ test("32 concurrent streams complete fairly; /health stays under 100 ms; memory 
   expect(growth).toBeLessThan(32 * 2 ** 20)
 }, 120_000)
 
-/** A small seeded PRNG, so a failing fuzz case can be replayed. */
-function rng(seed: number) {
-  let s = seed >>> 0
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0
-    let t = s
-    t = Math.imul(t ^ (t >>> 15), t | 1)
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
-  }
-}
-
 test("≥ 200 malformed requests get 4xx answers only, and the server keeps serving", async () => {
-  const rand = rng(1234)
+  // Seeded (util/rng.ts), so a failing fuzz case can be replayed.
+  const rand = rng(1234, "test/serve-fuzz")
   const pick = <T,>(xs: readonly T[]): T => xs[Math.floor(rand() * xs.length)]!
   const valid = () => ({ model: "tiny", messages: [{ role: "user", content: "hi" }], max_tokens: 4 })
   // Each field with values that must be rejected.

@@ -11,6 +11,7 @@ import { Effect } from "effect"
 import { openShards } from "../src/data/index.ts"
 import { openModelSync, type Model } from "../src/model/model.ts"
 import { checkConfig, stageOptionsFor } from "../src/pipeline/pipeline.ts"
+import { stepBatch } from "../src/train/index.ts"
 import { cli } from "./helpers/cli.ts"
 
 const out = join(import.meta.dir, ".out", "train-stages")
@@ -100,6 +101,23 @@ describe("training stages", () => {
     reference.free()
     expect(loss / n).toBeLessThan(Math.LN2 - 0.03)
     expect(wins / n).toBeGreaterThan(0.5)
+  })
+
+  test("a step's rows are filled once, into one buffer; DPO: each micro-batch's chosen rows, then its rejected rows", async () => {
+    const cat = (bs: { ids: Uint32Array; targets: Uint32Array; mask: Float32Array }[], k: "ids" | "targets" | "mask") => bs.flatMap((b) => Array.from(b[k]))
+    const pairs = await Effect.runPromise(openShards(join(run, "dpo", "data")))
+    const micro = [[0, 3], [5]]
+    const dpo = stepBatch(pairs, { stage: "dpo", seqLen: 64 }, micro)
+    expect(dpo.rows).toEqual([4, 2])
+    const want = micro.flatMap((m) => {
+      const { chosen, rejected } = pairs.getPairBatch(m, 64)
+      return [chosen, rejected]
+    })
+    for (const k of ["ids", "targets", "mask"] as const) expect(Array.from(dpo.batch[k])).toEqual(cat(want, k))
+    const seqs = await Effect.runPromise(openShards(join(run, "sft", "data")))
+    const sft = stepBatch(seqs, { stage: "sft", seqLen: 64 }, [[1, 2], [7]])
+    expect(sft.rows).toEqual([2, 1])
+    for (const k of ["ids", "targets", "mask"] as const) expect(Array.from(sft.batch[k])).toEqual(Array.from(seqs.getBatch([1, 2, 7], 64)[k]))
   })
 
   test("distillation pulls the student toward the teacher (KL falls)", () => {

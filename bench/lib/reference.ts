@@ -4,6 +4,7 @@
  * oracle for every backend in bench/kernels.ts and as the slowest baseline. Same layouts and
  * semantics as `core-rs/engine/src/kernels.rs`.
  */
+import { rng } from "../../src/util/rng.ts"
 
 /** y = x · wᵀ; x: [m, k], w: [n, k] → [m, n]. */
 export function matmulT(x: Float32Array, w: Float32Array, m: number, k: number, n: number): Float32Array {
@@ -195,17 +196,10 @@ export function adamw(w: Float32Array, g: Float32Array, m: Float32Array, v: Floa
   return out
 }
 
-/** Deterministic uniform values in [−scale, scale) (xorshift32). */
+/** Deterministic uniform values in [−scale, scale) (the stream "bench/random-f32" of `seed`, util/rng.ts). */
 export function randomF32(n: number, seed: number, scale = 1): Float32Array {
-  const out = new Float32Array(n)
-  let s = seed >>> 0 || 1
-  for (let i = 0; i < n; i++) {
-    s ^= s << 13
-    s ^= s >>> 17
-    s ^= s << 5
-    out[i] = ((s >>> 0) / 2 ** 32 * 2 - 1) * scale
-  }
-  return out
+  const next = rng(seed, "bench/random-f32")
+  return Float32Array.from({ length: n }, () => (next() * 2 - 1) * scale)
 }
 
 /**

@@ -9,7 +9,7 @@ import { loadTokenizerConfig } from "../tokenizer/chat-template.ts"
 import { EvalError, formatMcTable, runMcEval, writeMcReport } from "../eval/ceval.ts"
 import { runPpl } from "../eval/ppl.ts"
 import { deviceFlag, parseDevice, resolveTokenizer } from "./model.ts"
-import { fmtTime, ProgressBar } from "./progress.ts"
+import { fmtTime, ProgressBar } from "../util/progress.ts"
 import { UsageError } from "./errors.ts"
 
 const modelFlag = Flag.String("model").pipe(Flag.withDescription("model directory (config.json + model.safetensors)"))

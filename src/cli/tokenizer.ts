@@ -1,7 +1,7 @@
 /** `bunmind tokenizer ...`: train, encode, decode. */
 import { Effect, Option } from "effect"
 import { Argument, Command, Flag } from "effect/cli"
-import { fmtBytes, ProgressBar } from "./progress.ts"
+import { fmtBytes, ProgressBar } from "../util/progress.ts"
 import { loadTokenizer, type Tokenizer } from "../tokenizer/tokenizer.ts"
 import { SCHEMES, trainTokenizer } from "../tokenizer/train.ts"
 import { UsageError } from "./errors.ts"

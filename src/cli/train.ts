@@ -1,20 +1,25 @@
 /** `bunmind train <stage>` for pretrain / sft / lora / dpo / distill, and `bunmind lora merge`. */
-import { existsSync, mkdirSync, readFileSync } from "node:fs"
+import { existsSync } from "node:fs"
 import { join, resolve } from "node:path"
 import { Effect, Option } from "effect"
 import { Command, Flag } from "effect/cli"
 import { loadModel, PRESETS } from "../model/model.ts"
 import { tokenizerVocabSize } from "../tokenizer/tokenizer.ts"
-import { distill } from "../train/distill.ts"
-import { dpo } from "../train/dpo.ts"
-import { type StageName, type StageOptions } from "../train/loop.ts"
 import { publishHf } from "../export/hf.ts"
-import { lora as loraStage } from "../train/lora.ts"
-import { pretrain } from "../train/pretrain.ts"
-import { sft } from "../train/sft.ts"
-import { STAGE_DEFAULTS, STAGE_INIT } from "../train/stages.ts"
+import {
+  LORA_DEFAULTS,
+  OBJECTIVE_DEFAULTS,
+  recordRun,
+  resolveStageOptions,
+  RUN_DEFAULTS,
+  runStage,
+  SettingError,
+  STAGES,
+  type StageName,
+  type StageOptions,
+  type StageSettings,
+} from "../train/index.ts"
 import { machineFacts, nprocProblem, type DistBackend } from "../train/distributed.ts"
-import { writeJsonAtomic } from "../util/fs.ts"
 import { UsageError } from "./errors.ts"
 import { deviceFlag, parseDevice } from "./model.ts"
 import type { Device } from "../native/library.ts"
@@ -22,12 +27,12 @@ import type { Device } from "../native/library.ts"
 const opt = <A>(f: Flag.Flag<A>, description: string) => f.pipe(Flag.optional, Flag.withDescription(description))
 
 export const nprocFlag = Flag.Int("nproc").pipe(
-  Flag.withDefault(1),
+  Flag.withDefault(RUN_DEFAULTS.nproc),
   Flag.withDescription("data-parallel processes, one per GPU: each step's --batch-size × --accum sequences are split over them (N > 1 needs --device cuda, NCCL and N GPUs)"),
 )
 
 export const distBackendFlag = Flag.Literals("dist-backend", ["nccl", "tcp"] as const).pipe(
-  Flag.withDefault("nccl" as const),
+  Flag.withDefault(RUN_DEFAULTS.distBackend),
   Flag.withDescription("how --nproc ranks sum gradients: nccl (GPUs) or tcp (sockets on the host; runs on the CPU, for trying and testing)"),
 )
 
@@ -50,34 +55,34 @@ const commonFlags = {
   accum: opt(Flag.Int("accum"), "gradient accumulation micro-batches per step"),
   lr: opt(Flag.Finite("lr"), "peak learning rate (cosine to lr/10)"),
   seqLen: opt(Flag.Int("seq-len"), "max sequence length in tokens"),
-  warmup: Flag.Int("warmup").pipe(Flag.withDefault(0), Flag.withDescription("linear warmup steps")),
+  warmup: Flag.Int("warmup").pipe(Flag.withDefault(RUN_DEFAULTS.warmupSteps), Flag.withDescription("linear warmup steps")),
   weightDecay: opt(Flag.Finite("weight-decay"), "AdamW weight decay (not on norms unless --decay-norms)"),
-  decayNorms: Flag.Boolean("decay-norms").pipe(Flag.withDefault(false), Flag.withDescription("weight decay on norm gains too (upstream decays every parameter)")),
+  decayNorms: Flag.Boolean("decay-norms").pipe(Flag.withDefault(RUN_DEFAULTS.decayNorms), Flag.withDescription("weight decay on norm gains too (upstream decays every parameter)")),
   accumMean: Flag.Literals("accum-mean", ["token", "micro"] as const).pipe(
-    Flag.withDefault("token" as const),
+    Flag.withDefault(RUN_DEFAULTS.accumMean),
     Flag.withDescription("loss of a step with --accum > 1: one token mean over the step, or the mean of micro-batch means (upstream)"),
   ),
-  dropLast: Flag.Boolean("drop-last").pipe(Flag.withDefault(false), Flag.withDescription("leave out each epoch's last, short batch (upstream trains on it)")),
+  dropLast: Flag.Boolean("drop-last").pipe(Flag.withDefault(RUN_DEFAULTS.dropLast), Flag.withDescription("leave out each epoch's last, short batch (upstream trains on it)")),
   gradClip: opt(Flag.Finite("grad-clip"), "global gradient-norm clip (0 = off)"),
-  seed: Flag.Int("seed").pipe(Flag.withDefault(42)),
-  evalEvery: Flag.Int("eval-every").pipe(Flag.withDefault(50), Flag.withDescription("held-out loss every N steps")),
-  evalBatches: Flag.Int("eval-batches").pipe(Flag.withDefault(4)),
-  evalFraction: Flag.Finite("eval-fraction").pipe(Flag.withDefault(0.02), Flag.withDescription("share of samples held out")),
-  saveEvery: Flag.Int("save-every").pipe(Flag.withDefault(100), Flag.withDescription("checkpoint every N steps (and at the end / on Ctrl-C)")),
+  seed: Flag.Int("seed").pipe(Flag.withDefault(RUN_DEFAULTS.seed)),
+  evalEvery: Flag.Int("eval-every").pipe(Flag.withDefault(RUN_DEFAULTS.evalEvery), Flag.withDescription("held-out loss every N steps")),
+  evalBatches: Flag.Int("eval-batches").pipe(Flag.withDefault(RUN_DEFAULTS.evalBatches)),
+  evalFraction: Flag.Finite("eval-fraction").pipe(Flag.withDefault(RUN_DEFAULTS.evalFraction), Flag.withDescription("share of samples held out")),
+  saveEvery: Flag.Int("save-every").pipe(Flag.withDefault(RUN_DEFAULTS.saveEvery), Flag.withDescription("checkpoint every N steps (and at the end / on Ctrl-C)")),
   resume: Flag.Boolean("resume").pipe(Flag.withDefault(false), Flag.withDescription("continue from the stage's last checkpoint")),
-  onBadRecord: Flag.Literals("on-bad-record", ["skip", "fail"] as const).pipe(Flag.withDefault("skip" as const)),
+  onBadRecord: Flag.Literals("on-bad-record", ["skip", "fail"] as const).pipe(Flag.withDefault(RUN_DEFAULTS.onBadRecord)),
   skipUnlabeled: Flag.Boolean("skip-unlabeled").pipe(
     Flag.withDefault(false),
     Flag.withDescription("SFT/DPO: drop samples with no assistant token within --seq-len (upstream keeps them)"),
   ),
-  pack: Flag.Boolean("pack").pipe(Flag.withDefault(false), Flag.withDescription("pretrain: pack documents into full rows")),
-  systemPromptP: Flag.Finite("random-system-prompt").pipe(Flag.withDefault(0), Flag.withDescription("SFT: share given a random system prompt (upstream 0.2)")),
-  stripThinkP: Flag.Finite("strip-empty-think").pipe(Flag.withDefault(0), Flag.withDescription("SFT: share of empty think blocks stripped (upstream 0.8)")),
+  pack: Flag.Boolean("pack").pipe(Flag.withDefault(RUN_DEFAULTS.pack), Flag.withDescription("pretrain: pack documents into full rows")),
+  systemPromptP: Flag.Finite("random-system-prompt").pipe(Flag.withDefault(RUN_DEFAULTS.systemPromptP), Flag.withDescription("SFT: share given a random system prompt (upstream 0.2)")),
+  stripThinkP: Flag.Finite("strip-empty-think").pipe(Flag.withDefault(RUN_DEFAULTS.stripEmptyThinkP), Flag.withDescription("SFT: share of empty think blocks stripped (upstream 0.8)")),
   device: deviceFlag,
   nproc: nprocFlag,
   distBackend: distBackendFlag,
   precision: Flag.Literals("precision", ["auto", "bf16", "f32"] as const).pipe(
-    Flag.withDefault("auto" as const),
+    Flag.withDefault(RUN_DEFAULTS.precision),
     Flag.withDescription("training forward: bf16 autocast (f32 master weights) or f32; auto = bf16 on CUDA, f32 on the CPU"),
   ),
 }
@@ -90,24 +95,26 @@ const get = <A>(o: Option.Option<A>, d: A): A => (Option.isSome(o) ? o.value : d
 
 export const runDirOf = (run: string, runDir: Option.Option<string>) => resolve(get(runDir, join("runs", run)))
 
-/** Records the command and stage order in `<run>/run.json`. */
-export function recordRun(runDir: string, stage: string, config: unknown): void {
-  mkdirSync(runDir, { recursive: true })
-  const file = join(runDir, "run.json")
-  const prev = existsSync(file) ? JSON.parse(readFileSync(file, "utf8")) : { name: runDir.split("/").pop(), created: new Date().toISOString(), stages: [] }
-  if (!prev.stages.includes(stage)) prev.stages.push(stage)
-  prev.command = `bunmind ${process.argv.slice(2).join(" ")}`
-  prev.config = { ...(prev.config ?? {}), [stage]: config }
-  writeJsonAtomic(file, prev)
+/** The `--flag` of each setting whose name is not its field in kebab case, for error messages. */
+const FLAG_OF: Record<string, string> = {
+  systemPromptP: "--random-system-prompt",
+  stripEmptyThinkP: "--strip-empty-think",
+  "lora.r": "--rank",
+  "lora.lora_alpha": "--lora-alpha",
+  "lora.lora_dropout": "--lora-dropout",
+  "lora.target_modules": "--targets",
 }
+const flagOf = (field: string) => FLAG_OF[field] ?? `--${field.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`
 
-/** Builds the stage options from flags, the stage's upstream defaults and the run layout. */
-export const stageOptions = (stage: StageName, a: Common, extra: Partial<StageOptions> = {}, preset?: string) =>
+/**
+ * Builds the stage options from flags (resolveStageOptions: the stage's defaults and every value
+ * check) and the run layout, and records them in `<run>/run.json`. `extra`: the stage's own flags.
+ */
+export const stageOptions = (stage: StageName, a: Common, extra: Partial<StageSettings> = {}, preset?: string) =>
   Effect.gen(function* () {
     const device = yield* parseDevice(a.device)
     yield* checkNproc(a.nproc, device, a.distBackend)
     const runDir = runDirOf(a.run, a.runDir)
-    const d = STAGE_DEFAULTS[stage]
     const tokenizer = get(a.tokenizer, join(runDir, "tokenizer"))
     const tokFile = existsSync(join(tokenizer, "tokenizer.json")) ? join(tokenizer, "tokenizer.json") : tokenizer
     if (!existsSync(tokFile)) {
@@ -118,7 +125,7 @@ export const stageOptions = (stage: StageName, a: Common, extra: Partial<StageOp
     else if (preset) {
       init = { preset, overrides: { vocab_size: tokenizerVocabSize(tokenizer) } }
     } else {
-      const from = STAGE_INIT[stage]
+      const from = STAGES[stage].from
       const dir = join(runDir, from, "model")
       if (from === "scratch" || !existsSync(join(dir, "config.json"))) {
         return yield* Effect.fail(new UsageError({ message: `${stage} starts from a trained model: pass --init <model dir> (looked for ${dir})` }))
@@ -128,26 +135,23 @@ export const stageOptions = (stage: StageName, a: Common, extra: Partial<StageOp
     for (const f of a.data) {
       if (!existsSync(f)) return yield* Effect.fail(new UsageError({ message: `--data ${f}: no such file or directory` }))
     }
-    const clip = get(a.gradClip, d.gradClip ?? 0)
-    const o: StageOptions = {
-      stage,
-      runDir,
+    const opt = <A>(o: Option.Option<A>): A | undefined => (Option.isSome(o) ? o.value : undefined)
+    const settings: StageSettings = {
       data: a.data,
       tokenizer,
       init,
-      seqLen: get(a.seqLen, d.seqLen),
-      batchSize: get(a.batchSize, d.batchSize),
-      accum: get(a.accum, d.accum),
-      epochs: get(a.epochs, d.epochs),
-      ...(Option.isSome(a.steps) ? { maxSteps: a.steps.value } : {}),
-      lr: get(a.lr, d.lr),
-      minLrRatio: d.minLrRatio,
-      warmupSteps: a.warmup,
-      weightDecay: get(a.weightDecay, d.weightDecay),
+      seqLen: opt(a.seqLen),
+      batchSize: opt(a.batchSize),
+      accum: opt(a.accum),
+      epochs: opt(a.epochs),
+      steps: opt(a.steps),
+      lr: opt(a.lr),
+      warmup: a.warmup,
+      weightDecay: opt(a.weightDecay),
       decayNorms: a.decayNorms,
       accumMean: a.accumMean,
       dropLast: a.dropLast,
-      gradClip: clip > 0 ? clip : null,
+      gradClip: opt(a.gradClip),
       seed: a.seed,
       evalEvery: a.evalEvery,
       evalBatches: a.evalBatches,
@@ -156,19 +160,21 @@ export const stageOptions = (stage: StageName, a: Common, extra: Partial<StageOp
       resume: a.resume,
       onBadRecord: a.onBadRecord,
       ...(a.skipUnlabeled ? { skipUnlabeled: true } : {}),
-      objective: d.objective,
       pack: a.pack,
-      augment: { systemPromptP: a.systemPromptP, stripEmptyThinkP: a.stripThinkP, seed: a.seed },
+      systemPromptP: a.systemPromptP,
+      stripEmptyThinkP: a.stripThinkP,
       device,
+      // auto is the default: left out of the options, as before.
       ...(a.precision !== "auto" ? { precision: a.precision } : {}),
-      ...(a.nproc > 1 ? { parallel: { nproc: a.nproc, backend: a.distBackend } } : {}),
+      nproc: a.nproc,
+      distBackend: a.distBackend,
       ...extra,
     }
-    for (const [k, v] of [["--batch-size", o.batchSize], ["--accum", o.accum], ["--seq-len", o.seqLen], ["--epochs", o.epochs]] as const) {
-      if (!(Number.isInteger(v) && v > 0)) return yield* Effect.fail(new UsageError({ message: `${k} must be a positive integer, got ${v}` }))
-    }
-    if (!(o.lr > 0)) return yield* Effect.fail(new UsageError({ message: `--lr must be > 0, got ${o.lr}` }))
-    recordRun(runDir, stage, { ...o, init: o.init })
+    const o = yield* Effect.try({
+      try: () => resolveStageOptions(stage, runDir, settings),
+      catch: (e) => (e instanceof SettingError ? new UsageError({ message: `${flagOf(e.field)}: ${e.message}` }) : (e as Error)),
+    })
+    recordRun(runDir, { stage: { name: stage, options: o } })
     return o
   })
 
@@ -177,18 +183,18 @@ const report = (s: { stage: string; status: string; steps: number; final_loss: n
 
 const pretrainCmd = Command.make(
   "pretrain",
-  { ...commonFlags, preset: Flag.String("preset").pipe(Flag.withDefault("minimind2-small"), Flag.withDescription(`architecture when starting from scratch: ${PRESETS.join(", ")}`)) },
+  { ...commonFlags, preset: Flag.String("preset").pipe(Flag.withDefault(RUN_DEFAULTS.preset), Flag.withDescription(`architecture when starting from scratch: ${PRESETS.join(", ")}`)) },
   (a) =>
     Effect.gen(function* () {
       if (!PRESETS.includes(a.preset as never)) return yield* Effect.fail(new UsageError({ message: `--preset ${a.preset}: unknown; choose one of ${PRESETS.join(", ")}` }))
       const o = yield* stageOptions("pretrain", a, {}, Option.isSome(a.init) ? undefined : a.preset)
-      yield* report(yield* pretrain(o))
+      yield* report(yield* runStage(o))
     }),
 ).pipe(Command.withDescription("pretrain a model on {\"text\"} documents (from scratch with --preset, or continue --init)"))
 
 const sftCmd = Command.make("sft", commonFlags, (a) =>
   Effect.gen(function* () {
-    yield* report(yield* sft(yield* stageOptions("sft", a)))
+    yield* report(yield* runStage(yield* stageOptions("sft", a)))
   }),
 ).pipe(Command.withDescription("full supervised fine-tuning on chat conversations (loss on assistant spans)"))
 
@@ -196,12 +202,12 @@ const loraCmd = Command.make(
   "lora",
   {
     ...commonFlags,
-    rank: Flag.Int("rank").pipe(Flag.withDefault(16)),
+    rank: Flag.Int("rank").pipe(Flag.withDefault(LORA_DEFAULTS.r)),
     loraAlpha: opt(Flag.Finite("lora-alpha"), "scale numerator (default: = rank, MiniMind's unscaled adapters)"),
-    loraDropout: Flag.Finite("lora-dropout").pipe(Flag.withDefault(0)),
+    loraDropout: Flag.Finite("lora-dropout").pipe(Flag.withDefault(LORA_DEFAULTS.lora_dropout ?? 0)),
     rslora: Flag.Boolean("rslora").pipe(Flag.withDefault(false), Flag.withDescription("rank-stabilised LoRA (PEFT's use_rslora): scale alpha/√r instead of alpha/r")),
     targets: Flag.String("targets").pipe(
-      Flag.withDefault(STAGE_DEFAULTS.lora.lora!.target_modules.join(",")),
+      Flag.withDefault(LORA_DEFAULTS.target_modules.join(",")),
       Flag.withDescription("comma-separated: q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj (or PEFT-style suffixes such as self_attn.q_proj, mlp.experts.0.up_proj), all-linear, or square (every projection with as many inputs as outputs: upstream's rule)"),
     ),
   },
@@ -209,12 +215,12 @@ const loraCmd = Command.make(
     Effect.gen(function* () {
       const lora = {
         r: a.rank,
-        lora_alpha: get(a.loraAlpha, a.rank),
+        ...(Option.isSome(a.loraAlpha) ? { lora_alpha: a.loraAlpha.value } : {}),
         lora_dropout: a.loraDropout,
         target_modules: a.targets.split(",").map((s) => s.trim()).filter(Boolean),
         ...(a.rslora ? { use_rslora: true } : {}),
       }
-      yield* report(yield* loraStage({ ...(yield* stageOptions("lora", a, { lora })), lora }))
+      yield* report(yield* runStage(yield* stageOptions("lora", a, { lora })))
     }),
 ).pipe(Command.withDescription("train LoRA adapters only (base frozen); writes the adapters and a merged model"))
 
@@ -222,13 +228,12 @@ const dpoCmd = Command.make(
   "dpo",
   {
     ...commonFlags,
-    beta: Flag.Finite("beta").pipe(Flag.withDefault(0.15)),
+    beta: Flag.Finite("beta").pipe(Flag.withDefault(OBJECTIVE_DEFAULTS.beta)),
     reference: opt(Flag.String("reference"), "frozen reference model (default: the init model)"),
   },
   (a) =>
     Effect.gen(function* () {
-      const extra: Partial<StageOptions> = { objective: { kind: "dpo", beta: a.beta }, ...(Option.isSome(a.reference) ? { reference: a.reference.value } : {}) }
-      yield* report(yield* dpo({ ...(yield* stageOptions("dpo", a, extra)), beta: a.beta }))
+      yield* report(yield* runStage(yield* stageOptions("dpo", a, { beta: a.beta, ...(Option.isSome(a.reference) ? { reference: a.reference.value } : {}) })))
     }),
 ).pipe(Command.withDescription("direct preference optimisation on {\"chosen\",\"rejected\"} pairs against a frozen reference"))
 
@@ -237,13 +242,12 @@ const distillCmd = Command.make(
   {
     ...commonFlags,
     teacher: Flag.String("teacher").pipe(Flag.withDescription("teacher model directory (same tokenizer)")),
-    alpha: Flag.Finite("alpha").pipe(Flag.withDefault(0.5), Flag.withDescription("weight of the CE term")),
-    temperature: Flag.Finite("temperature").pipe(Flag.withDefault(1.5)),
+    alpha: Flag.Finite("alpha").pipe(Flag.withDefault(OBJECTIVE_DEFAULTS.alpha), Flag.withDescription("weight of the CE term")),
+    temperature: Flag.Finite("temperature").pipe(Flag.withDefault(OBJECTIVE_DEFAULTS.temperature)),
   },
   (a) =>
     Effect.gen(function* () {
-      const extra: Partial<StageOptions> = { objective: { kind: "distill", alpha: a.alpha, temperature: a.temperature }, teacher: a.teacher }
-      yield* report(yield* distill({ ...(yield* stageOptions("distill", a, extra)), alpha: a.alpha, temperature: a.temperature, teacher: a.teacher }))
+      yield* report(yield* runStage(yield* stageOptions("distill", a, { alpha: a.alpha, temperature: a.temperature, teacher: a.teacher })))
     }),
 ).pipe(Command.withDescription("distil a teacher into the student: α·CE + (1−α)·T²·KL on assistant positions"))
 

@@ -9,6 +9,7 @@
  * shards are prepared (prepare again with another seed for another draw).
  */
 import type { ChatTurn } from "./records.ts"
+import { rng } from "../util/rng.ts"
 
 /** Upstream's pool, verbatim data (the prompts a MiniMind model was trained with). */
 export const SYSTEM_PROMPTS: ReadonlyArray<string> = [
@@ -35,24 +36,8 @@ export interface AugmentOptions {
   readonly seed?: number
 }
 
-/** splitmix32: a small, well-mixed 32-bit generator; returns floats in [0, 1). */
-export const makeRng = (seed: number): (() => number) => {
-  let s = seed >>> 0
-  return () => {
-    s = (s + 0x9e3779b9) >>> 0
-    let z = s
-    z = Math.imul(z ^ (z >>> 16), 0x85ebca6b) >>> 0
-    z = Math.imul(z ^ (z >>> 13), 0xc2b2ae35) >>> 0
-    return ((z ^ (z >>> 16)) >>> 0) / 4294967296
-  }
-}
-
 /** A generator for one record: seeded by the run seed and the record's line. */
-export const recordRng = (seed: number, line: number): (() => number) => {
-  const mix = makeRng((seed ^ Math.imul(line, 0x27d4eb2d)) >>> 0)
-  mix()
-  return makeRng(Math.floor(mix() * 4294967296))
-}
+export const recordRng = (seed: number, line: number): (() => number) => rng(seed, `augment/line/${line}`)
 
 export const addSystemPrompt = (
   turns: ReadonlyArray<ChatTurn>,

@@ -4,7 +4,7 @@
  * resumed run continues with exactly the batches an uninterrupted run would have seen next
  * (already-consumed batches are skipped, not replayed). Checkpoints store `state()`.
  */
-import { makeRng } from "./augment.ts"
+import { shuffle } from "../util/rng.ts"
 
 export interface SamplerState {
   readonly numSamples: number
@@ -15,7 +15,7 @@ export interface SamplerState {
   /** Batches already consumed in the current epoch. */
   readonly position: number
   readonly shuffle: boolean
-  /** Drop the last incomplete batch of an epoch (default true: fixed shapes for the trainer). */
+  /** Leave out the last, short batch of an epoch (the sampler's default true: fixed shapes; the training stages pass false, as upstream). */
   readonly dropLast: boolean
 }
 
@@ -26,20 +26,9 @@ export interface SampledBatch {
   readonly indices: Uint32Array
 }
 
-/** Fisher–Yates shuffle of 0..n-1 with a generator seeded by (seed, epoch). */
-export const epochPermutation = (n: number, seed: number, epoch: number): Uint32Array => {
-  const perm = new Uint32Array(n)
-  for (let i = 0; i < n; i++) perm[i] = i
-  const mix = makeRng((seed >>> 0) ^ Math.imul(epoch + 1, 0x9e3779b1))
-  const rng = makeRng(Math.floor(mix() * 4294967296) ^ (seed >>> 0))
-  for (let i = n - 1; i > 0; i--) {
-    const j = Math.floor(rng() * (i + 1))
-    const t = perm[i]!
-    perm[i] = perm[j]!
-    perm[j] = t
-  }
-  return perm
-}
+/** Fisher–Yates shuffle of 0..n-1 with the stream "sampler/epoch/<epoch>" of `seed` (util/rng.ts). */
+export const epochPermutation = (n: number, seed: number, epoch: number): Uint32Array =>
+  shuffle(Uint32Array.from({ length: n }, (_, i) => i), seed, `sampler/epoch/${epoch}`)
 
 export class BatchSampler {
   readonly numSamples: number

@@ -235,6 +235,8 @@ export interface ShardSet {
   getBatch(indices: ArrayLike<number>, seqLen: number): Batch
   /** DPO: chosen and rejected batches for the given pair indices. */
   getPairBatch(indices: ArrayLike<number>, seqLen: number): { readonly chosen: Batch; readonly rejected: Batch }
+  /** Rows of stored sequences `seqs` (DPO: pair i is sequences 2i chosen, 2i + 1 rejected), in that order, as one batch. */
+  getSequences(seqs: ArrayLike<number>, seqLen: number): Batch
 }
 
 const mapFile = (dir: string, name: string): Uint8Array => {
@@ -341,6 +343,7 @@ export const openShards = (dir: string): Effect.Effect<ShardSet, ShardError> =>
           const rejected = Array.from(indices, (i) => 2 * i + 1)
           return { chosen: fillBatch(chosen, seqLen), rejected: fillBatch(rejected, seqLen) }
         },
+        getSequences: fillBatch,
       }
     },
     catch: (e) => (e instanceof ShardError ? e : new ShardError({ dir, reason: e instanceof Error ? e.message : String(e) })),

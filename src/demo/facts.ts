@@ -24,6 +24,7 @@
 import { mkdirSync } from "node:fs"
 import { join } from "node:path"
 import { writeFileAtomic } from "../util/fs.ts"
+import { rng, shuffleWith } from "../util/rng.ts"
 
 export type Lang = "en" | "zh"
 export const LANGS: readonly Lang[] = ["en", "zh"]
@@ -308,35 +309,12 @@ export interface DemoData {
 // ---------------------------------------------------------------------------------------------
 // Seeded randomness
 
-/** mulberry32: a tiny 32-bit generator; floats in [0, 1). */
-export const mulberry32 = (seed: number): (() => number) => {
-  let a = seed >>> 0
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0
-    let t = a
-    t = Math.imul(t ^ (t >>> 15), t | 1)
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
-  }
-}
-
-/** One independent stream per purpose, so e.g. changing `biosPerEntity` keeps the split. */
-const stream = (seed: number, purpose: string): (() => number) => {
-  let h = (seed ^ 0x9e3779b9) >>> 0
-  for (const ch of purpose) h = Math.imul(h ^ ch.charCodeAt(0), 0x01000193) >>> 0
-  return mulberry32(h)
-}
+/** One independent stream per purpose (util/rng.ts), so e.g. changing `biosPerEntity` keeps the split. */
+const stream = rng
 
 const pick = <T>(rng: () => number, xs: readonly T[]): T => xs[Math.floor(rng() * xs.length)]!
 
-const shuffle = <T>(rng: () => number, xs: readonly T[]): T[] => {
-  const out = [...xs]
-  for (let i = out.length - 1; i > 0; i--) {
-    const j = Math.floor(rng() * (i + 1))
-    ;[out[i], out[j]] = [out[j]!, out[i]!]
-  }
-  return out
-}
+const shuffle = <T>(next: () => number, xs: readonly T[]): T[] => shuffleWith([...xs], next)
 
 // ---------------------------------------------------------------------------------------------
 // Rendering

@@ -57,6 +57,8 @@ export interface StepResult {
   stop?: boolean
   /** Ranks that took part in the step. */
   world_size: number
+  /** Which native step ran: the hand-written kernels or the autograd graph (libraries that report it). */
+  step_path?: "handwritten" | "autograd"
 }
 
 /** How one rank joins a data-parallel job (see core-rs/engine/src/dist). */
@@ -89,16 +91,17 @@ export class Trainer {
   /**
    * One optimizer step over `micro` batches of `b` rows each, or of `b[i]` rows for batch `i`
    * (the short last batch of an epoch). Every batch has the same sequence length `t`, which must
-   * be given when `micro` may be empty (a rank without rows in a data-parallel step).
+   * be given when `micro` may be empty (a rank without rows in a data-parallel step). Copies the
+   * micro-batches into one buffer; the stage loop fills one itself and calls {@link stepRows}.
    */
   step(micro: HostBatch[], b: number | readonly number[], lr: number, t?: number): StepResult {
     const n = micro.length
     const rows = typeof b === "number" ? Array<number>(n).fill(b) : b
     if (rows.length !== n) throw new RangeError(`step: ${n} micro-batches but ${rows.length} row counts`)
     const seq = t ?? (n > 0 ? micro[0]!.ids.length / rows[0]! : 0)
+    if (n === 1) return this.stepRows(micro[0]!, rows, lr, seq)
     const total = rows.reduce((a, r) => a + r * seq, 0)
     const cat = <T extends Uint32Array | Float32Array>(k: keyof HostBatch, C: new (n: number) => T): T => {
-      if (n === 1) return micro[0]![k] as T
       const out = new C(total)
       let at = 0
       micro.forEach((m, i) => {
@@ -108,12 +111,21 @@ export class Trainer {
       })
       return out
     }
-    const ids = cat("ids", Uint32Array)
-    const targets = cat("targets", Uint32Array)
-    const mask = cat("mask", Float32Array)
+    return this.stepRows({ ids: cat("ids", Uint32Array), targets: cat("targets", Uint32Array), mask: cat("mask", Float32Array) }, rows, lr, seq)
+  }
+
+  /**
+   * One optimizer step over the rows of `batch` (contiguous, `[Σ rows, t]`), split into
+   * micro-batches of `rows[i]` rows in order; no copy on this side.
+   */
+  stepRows(batch: HostBatch, rows: readonly number[], lr: number, t: number): StepResult {
+    const total = rows.reduce((a, r) => a + r * t, 0)
+    for (const k of ["ids", "targets", "mask"] as const) {
+      if (batch[k].length !== total) throw new RangeError(`step: ${batch[k].length} ${k} for ${rows.join(" + ")} rows × ${t}`)
+    }
     const counts = Uint32Array.from(rows)
     const s = this.native.readString("bm_trainer_step_rows", (buf, cap, len) =>
-      this.native.sym.bm_trainer_step_rows(this.handle, ptrOf(ids), ptrOf(targets), ptrOf(mask), n, ptrOf(counts), seq, lr, buf, cap, len),
+      this.native.sym.bm_trainer_step_rows(this.handle, ptrOf(batch.ids), ptrOf(batch.targets), ptrOf(batch.mask), rows.length, ptrOf(counts), t, lr, buf, cap, len),
     )
     return JSON.parse(s)
   }

@@ -13,11 +13,10 @@ import { createHash } from "node:crypto"
 import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs"
 import { dirname, isAbsolute, join, resolve } from "node:path"
 import { Data, Effect } from "effect"
-import { ProgressBar, fmtBytes } from "../cli/progress.ts"
+import { ProgressBar, fmtBytes } from "../util/progress.ts"
 import { tokenizerVocabSize } from "../tokenizer/tokenizer.ts"
 import { trainTokenizer } from "../tokenizer/train.ts"
-import { runStage, type StageName, type StageOptions, type StageSummary } from "../train/loop.ts"
-import { STAGE_DEFAULTS } from "../train/stages.ts"
+import { checkStageSettings, recordRun, resolveStageOptions, RUN_DEFAULTS, runStage, SettingError, STAGE_NAMES, type StageName, type StageOptions, type StageSettings, type StageSummary } from "../train/index.ts"
 import { parseDeviceName, type Device } from "../native/library.ts"
 
 export class PipelineError extends Data.TaggedError("PipelineError")<{ readonly message: string }> {}
@@ -74,9 +73,55 @@ export interface PipelineConfig {
   stages: PipelineStage[]
 }
 
-const STAGES: StageName[] = ["pretrain", "sft", "lora", "dpo", "distill"]
-
 const hash = (v: unknown) => createHash("sha256").update(JSON.stringify(v)).digest("hex").slice(0, 16)
+
+/**
+ * A stage's identity in `pipeline-stage.json`: a finished stage with the same hash is skipped. It
+ * hashes the resolved options (key order included), less what does not change the result: resume,
+ * quiet, and the number of ranks (a run resumes on any count).
+ */
+export const stageHash = (o: StageOptions): string => hash({ ...o, resume: undefined, quiet: undefined, parallel: undefined })
+
+/** A pipeline entry (and its config's run-wide keys) as the settings resolveStageOptions reads. */
+const settingsOf = (cfg: PipelineConfig, s: PipelineStage): Omit<StageSettings, "data" | "tokenizer" | "init"> => ({
+  seqLen: s.seqLen,
+  batchSize: s.batchSize,
+  accum: s.accum,
+  epochs: s.epochs,
+  steps: s.steps,
+  lr: s.lr,
+  warmup: s.warmup,
+  weightDecay: s.weightDecay,
+  decayNorms: s.decayNorms,
+  accumMean: s.accumMean,
+  dropLast: s.dropLast,
+  gradClip: s.gradClip,
+  seed: cfg.seed,
+  evalEvery: s.evalEvery,
+  evalBatches: s.evalBatches,
+  evalFraction: s.evalFraction,
+  saveEvery: s.saveEvery,
+  skipUnlabeled: s.skipUnlabeled,
+  beta: s.beta,
+  alpha: s.alpha,
+  temperature: s.temperature,
+  teacher: s.teacher,
+  reference: s.reference,
+  lora: s.lora,
+  systemPromptP: s.randomSystemPrompt,
+  stripEmptyThinkP: s.stripEmptyThink,
+  pack: s.pack,
+  device: cfg.device,
+  precision: cfg.precision,
+  nproc: cfg.nproc,
+  distBackend: cfg.distBackend,
+})
+
+/** Settings a pipeline config gives once for every stage. */
+const RUN_WIDE = new Set(["seed", "device", "precision", "nproc", "distBackend"])
+
+/** The pipeline key of a StageSettings field. */
+const keyOf = (field: string): string => (field === "systemPromptP" ? "randomSystemPrompt" : field === "stripEmptyThinkP" ? "stripEmptyThink" : field)
 
 /** Validates a parsed config; errors name the field (e.g. `stages[1].stage`). */
 export function checkConfig(raw: unknown, file = "pipeline config"): PipelineConfig {
@@ -88,23 +133,15 @@ export function checkConfig(raw: unknown, file = "pipeline config"): PipelineCon
   if (typeof c.run !== "string" || !c.run) fail("run", "expected the run directory (a string)")
   if (!Array.isArray(c.stages) || c.stages.length === 0) fail("stages", "expected a non-empty list of stages")
   if (c.device !== undefined && (typeof c.device !== "string" || !parseDeviceName(c.device))) fail("device", `expected cpu, cuda or cuda:N, got ${JSON.stringify(c.device)}`)
-  if (c.nproc !== undefined && !(Number.isInteger(c.nproc) && (c.nproc as number) >= 1)) fail("nproc", `expected a positive integer, got ${JSON.stringify(c.nproc)}`)
-  if (c.distBackend !== undefined && !["nccl", "tcp"].includes(c.distBackend as string)) fail("distBackend", `expected nccl or tcp, got ${JSON.stringify(c.distBackend)}`)
-  if (c.precision !== undefined && !["auto", "bf16", "f32"].includes(c.precision as string)) fail("precision", `expected auto, bf16 or f32, got ${JSON.stringify(c.precision)}`)
   ;(c.stages as unknown[]).forEach((s, i) => {
     if (!s || typeof s !== "object") fail(`stages[${i}]`, "expected an object")
     const st = s as Record<string, unknown>
-    if (!STAGES.includes(st.stage as StageName)) fail(`stages[${i}].stage`, `expected one of ${STAGES.join(", ")}, got ${JSON.stringify(st.stage)}`)
+    if (!STAGE_NAMES.includes(st.stage as StageName)) fail(`stages[${i}].stage`, `expected one of ${STAGE_NAMES.join(", ")}, got ${JSON.stringify(st.stage)}`)
     if (!Array.isArray(st.data) || st.data.length === 0 || !st.data.every((d) => typeof d === "string"))
       fail(`stages[${i}].data`, "expected a non-empty list of files")
-    for (const k of ["epochs", "steps", "batchSize", "accum", "seqLen", "evalEvery", "saveEvery"]) {
-      if (st[k] !== undefined && !(Number.isInteger(st[k]) && (st[k] as number) >= 0)) fail(`stages[${i}].${k}`, `expected a non-negative integer, got ${JSON.stringify(st[k])}`)
-    }
-    if (st.lr !== undefined && !(typeof st.lr === "number" && st.lr > 0)) fail(`stages[${i}].lr`, "expected a positive number")
-    for (const k of ["decayNorms", "dropLast", "skipUnlabeled"]) {
-      if (st[k] !== undefined && typeof st[k] !== "boolean") fail(`stages[${i}].${k}`, `expected true or false, got ${JSON.stringify(st[k])}`)
-    }
-    if (st.accumMean !== undefined && !["token", "micro"].includes(st.accumMean as string)) fail(`stages[${i}].accumMean`, `expected token or micro, got ${JSON.stringify(st.accumMean)}`)
+    // Every value check (the CLI makes the same ones), before any stage runs.
+    const bad = checkStageSettings(settingsOf(c as unknown as PipelineConfig, st as unknown as PipelineStage))
+    if (bad) fail(RUN_WIDE.has(bad.field) ? bad.field : `stages[${i}].${keyOf(bad.field)}`, bad.message)
   })
   return c as unknown as PipelineConfig
 }
@@ -132,61 +169,14 @@ export function readConfig(file: string): PipelineConfig {
   return cfg
 }
 
-/** Stage options for one pipeline entry. */
+/** Stage options for one pipeline entry (resolveStageOptions: the CLI's defaults and checks). */
 export function stageOptionsFor(cfg: PipelineConfig, s: PipelineStage, previous: string | undefined, tokenizer: string, vocab: number): StageOptions {
-  const d = STAGE_DEFAULTS[s.stage]
   const init: StageOptions["init"] = s.init
     ? { model: s.init }
     : s.preset || !previous
-      ? { preset: s.preset ?? "minimind2-small", overrides: { vocab_size: vocab, ...(s.overrides ?? {}) } }
+      ? { preset: s.preset ?? RUN_DEFAULTS.preset, overrides: { vocab_size: vocab, ...(s.overrides ?? {}) } }
       : { model: join(cfg.run, previous, "model") }
-  const objective: StageOptions["objective"] =
-    s.stage === "dpo" ? { kind: "dpo", beta: s.beta ?? 0.15 } : s.stage === "distill" ? { kind: "distill", alpha: s.alpha ?? 0.5, temperature: s.temperature ?? 1.5 } : { kind: "lm" }
-  const dl = STAGE_DEFAULTS.lora.lora!
-  const lora = s.stage === "lora"
-    ? { r: s.lora?.r ?? dl.r, lora_alpha: s.lora?.lora_alpha ?? s.lora?.r ?? dl.lora_alpha, lora_dropout: s.lora?.lora_dropout ?? dl.lora_dropout ?? 0, target_modules: s.lora?.target_modules ?? dl.target_modules }
-    : undefined
-  const seed = cfg.seed ?? 42
-  return {
-    stage: s.stage,
-    runDir: cfg.run,
-    data: s.data,
-    tokenizer,
-    init,
-    seqLen: s.seqLen ?? d.seqLen,
-    batchSize: s.batchSize ?? d.batchSize,
-    accum: s.accum ?? d.accum,
-    epochs: s.epochs ?? d.epochs,
-    ...(s.steps !== undefined ? { maxSteps: s.steps } : {}),
-    lr: s.lr ?? d.lr,
-    minLrRatio: d.minLrRatio,
-    warmupSteps: s.warmup ?? 0,
-    weightDecay: s.weightDecay ?? d.weightDecay,
-    // Only when set, as `precision` below: existing configs keep their stage hash.
-    ...(s.decayNorms !== undefined ? { decayNorms: s.decayNorms } : {}),
-    ...(s.accumMean !== undefined ? { accumMean: s.accumMean } : {}),
-    ...(s.dropLast !== undefined ? { dropLast: s.dropLast } : {}),
-    gradClip: s.gradClip === 0 ? null : (s.gradClip ?? d.gradClip),
-    seed,
-    evalEvery: s.evalEvery ?? 50,
-    evalBatches: s.evalBatches ?? 4,
-    evalFraction: s.evalFraction ?? 0.02,
-    saveEvery: s.saveEvery ?? 100,
-    resume: true,
-    onBadRecord: "skip",
-    // Only when set: the stage hash of existing configs stays the same.
-    ...(s.skipUnlabeled ? { skipUnlabeled: true } : {}),
-    objective,
-    ...(lora ? { lora } : {}),
-    ...(s.teacher ? { teacher: s.teacher } : {}),
-    ...(s.reference ? { reference: s.reference } : {}),
-    augment: { systemPromptP: s.randomSystemPrompt ?? 0, stripEmptyThinkP: s.stripEmptyThink ?? 0, seed },
-    pack: s.pack ?? false,
-    device: cfg.device ?? "cpu",
-    // Only when set: the stage hash (finished-stage detection) of existing configs stays the same.
-    ...(cfg.precision ? { precision: cfg.precision } : {}),
-    ...((cfg.nproc ?? 1) > 1 ? { parallel: { nproc: cfg.nproc!, backend: cfg.distBackend ?? "nccl" } } : {}),
-  }
+  return resolveStageOptions(s.stage, cfg.run, { ...settingsOf(cfg, s), data: s.data, tokenizer, init, resume: true, onBadRecord: "skip" })
 }
 
 export interface PipelineResult {
@@ -197,13 +187,7 @@ export interface PipelineResult {
 /** Runs (or resumes) every stage in order; completed stages with an unchanged config are skipped. */
 export const runPipeline = (cfg: PipelineConfig, opts: { quiet?: boolean } = {}) =>
   Effect.gen(function* () {
-    mkdirSync(cfg.run, { recursive: true })
-    const runFile = join(cfg.run, "run.json")
-    const prev = existsSync(runFile) ? JSON.parse(readFileSync(runFile, "utf8")) : {}
-    writeFileSync(
-      runFile,
-      JSON.stringify({ name: cfg.run.split("/").pop(), created: prev.created ?? new Date().toISOString(), command: `bunmind ${process.argv.slice(2).join(" ")}`, stages: cfg.stages.map((s) => s.stage), config: cfg }, null, 2) + "\n",
-    )
+    recordRun(cfg.run, { stages: cfg.stages.map((s) => s.stage), pipeline: cfg })
 
     // Tokenizer: trained into the run (once), or an existing one.
     let tokenizer: string
@@ -234,11 +218,15 @@ export const runPipeline = (cfg: PipelineConfig, opts: { quiet?: boolean } = {})
     const results: PipelineResult["stages"] = []
     let previous: string | undefined
     for (const s of cfg.stages) {
-      const o = { ...stageOptionsFor(cfg, s, previous, tokenizer, vocab), quiet: opts.quiet }
+      const resolved = yield* Effect.try({
+        try: () => stageOptionsFor(cfg, s, previous, tokenizer, vocab),
+        catch: (e) => new PipelineError({ message: e instanceof SettingError ? `${cfg.run}: ${s.stage}: ${keyOf(e.field)}: ${e.message}` : String(e) }),
+      })
+      const o = { ...resolved, quiet: opts.quiet }
+      recordRun(cfg.run, { stage: { name: s.stage, options: o } })
       const stageDir = join(cfg.run, s.stage)
       const stampFile = join(stageDir, "pipeline-stage.json")
-      // The number of ranks is not part of the stage's identity: a run resumes on any count.
-      const want = hash({ ...o, resume: undefined, quiet: undefined, parallel: undefined })
+      const want = stageHash(o)
       const summaryFile = join(stageDir, "summary.json")
       const done =
         existsSync(summaryFile) && existsSync(stampFile) && JSON.parse(readFileSync(stampFile, "utf8")).hash === want &&

@@ -11,7 +11,7 @@
  *   the file, then all join.
  * - Data: a step is `--batch-size × --accum` sequences whatever N is (the sampler, hence resume,
  *   is that of a single process); rank r trains on the r-th contiguous share
- *   ({@link rankMicroBatches} in loop.ts). The loss is a token mean over the whole step, so the
+ *   ({@link rankMicroBatches}). The loss is a token mean over the whole step, so the
  *   update equals a single process's, and a run resumes with any N that divides the step.
  * - Step: backward per rank → one all-reduce of the control values (loss sum, tokens, stop
  *   requests, which parameters got a gradient) and one of the gradients → clip + AdamW.
@@ -22,6 +22,7 @@
  *   slowly; it exists so the whole path can be tested on a CPU-only machine).
  */
 import { loadNativeSync, type Device } from "../native/library.ts"
+import type { StageOptions } from "./options.ts"
 
 /** How the ranks exchange gradients: NCCL on GPUs, or plain sockets (CPU; for testing). */
 export type DistBackend = "nccl" | "tcp"
@@ -61,7 +62,7 @@ export function nprocProblem(n: number, device: Device, facts: () => NprocFacts,
   if (!(Number.isInteger(n) && n >= 1)) return `--nproc ${n}: must be a positive integer (the number of GPUs to train on)`
   if (n === 1) return null
   if (backend === "tcp") return device === "cpu" || device === "cuda" || device === "cuda:0" ? null : `--nproc ${n}: ranks use cuda:0..cuda:${n - 1}, so pass --device cuda, not --device ${device}`
-  const what = `--nproc ${n}: data-parallel training runs one process per GPU and averages the gradients with NCCL, so it needs --device cuda, the CUDA build of the library (with NCCL) and ${n} GPUs`
+  const what = `--nproc ${n}: data-parallel training runs one process per GPU and sums the gradients over them with NCCL, so it needs --device cuda, the CUDA build of the library (with NCCL) and ${n} GPUs`
   if (device === "cpu") {
     return `${what}; this run is on the CPU: leave out --nproc (or use --nproc 1). (To try the data-parallel path on the CPU anyway, slowly, add --dist-backend tcp.)`
   }
@@ -83,4 +84,39 @@ export function machineFacts(): NprocFacts {
   } catch (e) {
     return { cuda: { ok: false, reason: (e as Error).message } }
   }
+}
+
+/**
+ * The rows of one optimizer step that a rank trains on, as micro-batches. A step is always
+ * `batchSize × accum` sequences whatever the number of ranks (the global batch of a single
+ * process); each of `worldSize` ranks takes a contiguous share and splits it into micro-batches of
+ * at most `batchSize` rows. The loss is a token mean over the whole step and the gradients are
+ * summed over the ranks, so the update does not depend on the split: a run can resume with a
+ * different number of GPUs. A short step (the end of an epoch) that does not split evenly gives
+ * the first ranks one row more; a rank may then get no rows at all.
+ */
+export function rankMicroBatches(stepIndices: ArrayLike<number>, batchSize: number, rank: number, worldSize: number): number[][] {
+  const total = stepIndices.length
+  const from = Math.floor((rank * total) / worldSize)
+  const share = Math.floor(((rank + 1) * total) / worldSize) - from
+  const mine = Array.from({ length: share }, (_, i) => stepIndices[from + i]!)
+  if (share === 0) return []
+  if (total % worldSize === 0) {
+    // Even split: equal micro-batches (fixed shapes on every rank).
+    let m = Math.min(batchSize, share)
+    while (share % m !== 0) m--
+    return Array.from({ length: share / m }, (_, k) => mine.slice(k * m, (k + 1) * m))
+  }
+  const parts = Math.ceil(share / batchSize)
+  return Array.from({ length: parts }, (_, k) => mine.slice(Math.floor((k * share) / parts), Math.floor(((k + 1) * share) / parts)))
+}
+
+/** Why `worldSize` ranks cannot split this stage's steps, or null. */
+export function rankSplitProblem(o: Pick<StageOptions, "batchSize" | "accum" | "accumMean">, worldSize: number): string | null {
+  if (worldSize > 1 && o.accumMean === "micro")
+    return `--accum-mean micro averages per-micro-batch means, which depend on how ranks split a step: use the default token mean with --nproc ${worldSize}`
+  const total = o.batchSize * o.accum
+  return total % worldSize === 0
+    ? null
+    : `--nproc ${worldSize} must divide the sequences of one optimizer step (--batch-size ${o.batchSize} × --accum ${o.accum} = ${total}): e.g. --accum ${o.accum * worldSize}`
 }

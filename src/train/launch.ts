@@ -18,7 +18,8 @@ import { existsSync, mkdirSync, readFileSync, rmSync } from "node:fs"
 import { join } from "node:path"
 import { Effect } from "effect"
 import { writeJsonAtomic } from "../util/fs.ts"
-import { prepareStage, StageError, type StageOptions, type StageSummary } from "./loop.ts"
+import { StageError, type StageOptions, type StageSummary } from "./options.ts"
+import { prepareStage } from "./run.ts"
 
 /** Exit codes of a rank process. */
 export const RANK_DONE = 0

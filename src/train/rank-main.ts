@@ -10,7 +10,8 @@ import { readFileSync } from "node:fs"
 import { NodeServices } from "@effect/platform-node"
 import { Cause, Effect, Exit } from "effect"
 import { distEnv, rankDevice } from "./distributed.ts"
-import { runStage, type StageOptions } from "./loop.ts"
+import type { StageOptions } from "./options.ts"
+import { runStageHere } from "./run.ts"
 import { RANK_DONE, RANK_INTERRUPTED } from "./launch.ts"
 
 const file = process.argv[2]
@@ -40,7 +41,7 @@ process.on("SIGINT", () => {
 })
 
 const timeout = Number(process.env.BUNMIND_DIST_TIMEOUT ?? 0)
-const program = runStage({
+const program = runStageHere({
   ...o,
   device,
   quiet: o.quiet || env.rank !== 0,
