@@ -53,7 +53,8 @@ export const rendezvousFile = (): string | undefined => process.env.BUNMIND_REND
 /** `BUNMIND_DIST_TIMEOUT`: seconds a rank waits for the others (0 or unset: the engine's default, 600). */
 export const distTimeoutS = (): number => num("BUNMIND_DIST_TIMEOUT", 0)
 
-/** `BUNMIND_DIST_GRACE`: seconds the launcher waits for the other ranks to stop after one fails (default 300). */
+/** `BUNMIND_DIST_GRACE`: seconds the launcher gives its ranks, once it has asked them to stop (Ctrl-C, end
+ *  of the job), to finish the step and exit before it terminates them (default 300). */
 export const distGraceS = (): number => num("BUNMIND_DIST_GRACE", 300)
 
 /** `BUNMIND_DIST_STOP_AT=k` (test hook): rank 0 asks every rank to stop after step k, as Ctrl-C would (0 = off). */
