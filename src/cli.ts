@@ -16,6 +16,7 @@ import { reportCommand } from "./cli/report.ts"
 import { chatCommand, serveCommand } from "./cli/serve.ts"
 import { tokenizerCommand } from "./cli/tokenizer.ts"
 import { loraCommand, trainCommand } from "./cli/train.ts"
+import { debug } from "./util/env.ts"
 
 const pkg = await Bun.file(new URL("../package.json", import.meta.url)).json()
 
@@ -52,7 +53,7 @@ const report = (cause: Cause.Cause<unknown>) =>
       // effect/cli already rendered its parse/help error.
     } else {
       process.stderr.write(`error: ${known || err instanceof Error ? err.message : String(err)}\n`)
-      if (process.env.BUNMIND_DEBUG && err?.stack) process.stderr.write(`${err.stack}\n`)
+      if (debug() && err?.stack) process.stderr.write(`${err.stack}\n`)
     }
     process.exitCode = 1
   })

@@ -1,7 +1,8 @@
 /**
  * The stages through the CLI, on small generated data: SFT from a pretrained model, LoRA (merged
  * weights = base + adapter), DPO (loss falls on the preference pairs), distillation (KL to the
- * teacher falls), bad-record policies, and the pipeline runner skipping finished stages.
+ * teacher falls), bad-record policies, and the pipeline runner skipping finished stages and
+ * resuming an interrupted one.
  */
 import { beforeAll, describe, expect, test } from "bun:test"
 import { mkdirSync, readFileSync, rmSync, writeFileSync, existsSync } from "node:fs"
@@ -199,19 +200,20 @@ describe("training stages", () => {
     expect("skipUnlabeled" in stageOptionsFor(off, off.stages[0]!, "pretrain", "/tmp/tok", 500)).toBe(false)
   })
 
-  test("pipeline run skips finished stages and resumes", () => {
-    const cfg = {
-      run: join(out, "pipe"),
+  test("pipeline run skips finished stages; a stage stopped mid-way resumes to an uninterrupted run's losses", () => {
+    const cfg = (dir: string) => ({
+      run: join(out, dir),
       tokenizer: { data: [join(data, "pretrain.jsonl")], vocab_size: 400 },
       stages: [
         { stage: "pretrain", data: [join(data, "pretrain.jsonl")], preset: "tiny", steps: 4, batchSize: 4, seqLen: 48, evalFraction: 0 },
-        { stage: "sft", data: [join(data, "sft.jsonl")], steps: 3, batchSize: 4, seqLen: 64, evalFraction: 0, lr: 1e-3 },
+        { stage: "sft", data: [join(data, "sft.jsonl")], steps: 8, batchSize: 4, seqLen: 64, evalFraction: 0, lr: 1e-3, saveEvery: 3 },
       ],
-    }
-    writeFileSync(join(out, "pipe.json"), JSON.stringify(cfg))
+    })
+    writeFileSync(join(out, "pipe.json"), JSON.stringify(cfg("pipe")))
     const first = cli(["pipeline", "run", join(out, "pipe.json")], undefined, env)
     expect(first.code).toBe(0)
     expect(first.stdout).toContain("pretrain: done")
+    expect(first.stdout).toContain("sft: done, 8 steps")
     expect(existsSync(join(out, "pipe", "report.html"))).toBe(true)
     const second = cli(["pipeline", "run", join(out, "pipe.json")], undefined, env)
     expect(second.code).toBe(0)
@@ -223,5 +225,30 @@ describe("training stages", () => {
     const wrong = cli(["pipeline", "run", join(out, "bad.json")])
     expect(wrong.code).toBe(1)
     expect(wrong.stderr).toContain("stages[0].stage")
+
+    // The same config in another run directory, stopped after SFT step 5 (on 2 CPU ranks, whose
+    // launcher has the stop hook; the rank count is not part of a stage's identity), then resumed
+    // by a plain rerun: pretrain is skipped, SFT continues from its checkpoint.
+    const metricsOf = (dir: string, stage: string) =>
+      readFileSync(join(out, dir, stage, "metrics.jsonl"), "utf8").trim().split("\n").map((l) => JSON.parse(l) as { step: number; loss: number; lr: number })
+    writeFileSync(join(out, "pipe-resume.json"), JSON.stringify(cfg("pipe-resume")))
+    const stopped = cli(["pipeline", "run", join(out, "pipe-resume.json"), "--nproc", "2", "--dist-backend", "tcp"], undefined, { ...env, BUNMIND_DIST_STOP_AT: "5" })
+    expect(stopped.code).toBe(130)
+    expect(stopped.stderr).toContain("interrupted at step 5/8")
+    expect(JSON.parse(readFileSync(join(out, "pipe-resume", "sft", "summary.json"), "utf8")).status).toBe("interrupted")
+    expect(metricsOf("pipe-resume", "sft").map((m) => m.step)).toEqual([1, 2, 3, 4, 5])
+    const resumed = cli(["pipeline", "run", join(out, "pipe-resume.json")], undefined, env)
+    expect(resumed.code).toBe(0)
+    expect(resumed.stdout).toContain("pretrain: skipped (done)")
+    expect(resumed.stdout).toContain("sft: done, 8 steps")
+    expect(resumed.stderr).toContain("resumed from")
+    const want = metricsOf("pipe", "sft")
+    const got = metricsOf("pipe-resume", "sft")
+    expect(got.map((m) => m.step)).toEqual([1, 2, 3, 4, 5, 6, 7, 8])
+    expect(want.map((m) => m.step)).toEqual([1, 2, 3, 4, 5, 6, 7, 8])
+    for (let i = 0; i < 8; i++) {
+      expect(Math.abs(got[i]!.loss - want[i]!.loss), `sft step ${i + 1} loss`).toBeLessThan(1e-5)
+      expect(got[i]!.lr).toBeCloseTo(want[i]!.lr, 12)
+    }
   })
 })

@@ -10,6 +10,7 @@ import { InlineEngine } from "../serve/engine.ts"
 import { startServer } from "../serve/server.ts"
 import { loadTokenizerConfig } from "../tokenizer/chat-template.ts"
 import { loadTokenizer } from "../tokenizer/tokenizer.ts"
+import { apiKey as envApiKey } from "../util/env.ts"
 import { UsageError } from "./errors.ts"
 import { deviceFlag, parseDevice, resolveTokenizer, samplingFlags } from "./model.ts"
 
@@ -48,7 +49,7 @@ export const serveCommand = Command.make(
       if (a.maxTokens < 1) return yield* Effect.fail(new UsageError({ message: `--max-tokens ${a.maxTokens}: expected at least 1` }))
       const device = yield* parseDevice(a.device)
       const tok = yield* resolveTokenizer(a.model, a.tokenizer)
-      const apiKey = Option.getOrUndefined(a.apiKey) ?? (process.env.BUNMIND_API_KEY || undefined)
+      const apiKey = Option.getOrUndefined(a.apiKey) ?? envApiKey()
       const server = yield* Effect.acquireRelease(
         Effect.tryPromise({
           try: () =>

@@ -2,11 +2,20 @@
  * Loads the native library (the `core-rs/ffi` cdylib) with bun:ffi, checks its ABI version, and
  * gives typed helpers for the calling conventions of the C ABI: status codes with a last-error
  * message, caller-owned output buffers that grow on `BUFFER_TOO_SMALL`.
+ *
+ * The library is a lazily loaded, process-wide value, not an Effect service: `loadNativeSync(kind)`
+ * dlopens each build (CPU, CUDA) the first time something asks for it and returns the same object
+ * afterwards; callers (tokenizer, model, trainer, export, serve worker) call it where they open a
+ * handle. That is enough because the C ABI is synchronous and holds no per-caller state: there is
+ * nothing to configure per program and nothing to release (a dlopened library lives as long as the
+ * process). What does need a lifetime — the handles (tokenizer, model, trainer, session) — is owned
+ * through `Effect.acquireRelease` by the modules that open them. Which file is loaded comes from
+ * `--device` and the `BUNMIND_LIB` / `BUNMIND_CUDA_LIB` overrides (`src/util/env.ts`).
  */
 import { dlopen, ptr, suffix, type Library, type Pointer } from "bun:ffi"
 import { existsSync } from "node:fs"
 import { join, resolve } from "node:path"
-import { Context, Effect, Layer } from "effect"
+import { cudaLibPath, libraryOverride } from "../util/env.ts"
 import { NativeError, NativeLoadError } from "./errors.ts"
 import { ABI_VERSION, Status, statusName, symbols } from "./symbols.ts"
 
@@ -27,7 +36,7 @@ export const parseDeviceName = (d: string): Device | null =>
 /** Where `scripts/build-native.ts` puts the built libraries: one file per device kind. */
 export const libraryPath = (device: Device): string => {
   const kind = deviceKind(device)
-  return process.env[kind === "cpu" ? "BUNMIND_LIB" : "BUNMIND_CUDA_LIB"] ?? join(repoRoot, "dist", "native", `libbunmind-${kind}.${suffix}`)
+  return libraryOverride(kind) ?? join(repoRoot, "dist", "native", `libbunmind-${kind}.${suffix}`)
 }
 
 /** What running the CUDA build needs, appended to CUDA load errors. */
@@ -56,7 +65,7 @@ const CUDA_DEPS = [
  *  PATH. */
 function cudaLibDirs(): string[] {
   const dirs: string[] = []
-  for (const d of (process.env.BUNMIND_CUDA_LIB_PATH ?? "").split(":")) if (d) dirs.push(d)
+  dirs.push(...cudaLibPath())
   for (const home of [process.env.CUDA_HOME, process.env.CUDA_PATH, "/usr/local/cuda"]) {
     if (home) dirs.push(join(home, "lib64"), join(home, "lib"))
   }
@@ -262,10 +271,4 @@ function loadLibrarySync(device: DeviceKind): NativeLib {
   }
   cache.set(device, native)
   return native
-}
-
-/** The native library as an Effect service; provided once at the edge of a program. */
-export class Native extends Context.Service<Native, NativeLib>()("bunmind/Native") {
-  static layer = (device: Device = "cpu") =>
-    Layer.effect(Native, Effect.try({ try: () => loadNativeSync(device), catch: (e) => e as NativeLoadError }))
 }

@@ -23,6 +23,7 @@
  */
 import { loadNativeSync, type Device } from "../native/library.ts"
 import type { StageOptions } from "./options.ts"
+import { rankVars } from "../util/env.ts"
 
 /** How the ranks exchange gradients: NCCL on GPUs, or plain sockets (CPU; for testing). */
 export type DistBackend = "nccl" | "tcp"
@@ -37,9 +38,10 @@ const int = (v: string | undefined): number | undefined => (v !== undefined && /
 
 /** The rank environment of this process (single process when none is set); errors on inconsistent values. */
 export function distEnv(env: Record<string, string | undefined> = process.env): DistEnv {
-  const rank = int(env.BUNMIND_RANK ?? env.RANK) ?? 0
-  const worldSize = int(env.BUNMIND_WORLD_SIZE ?? env.WORLD_SIZE) ?? 1
-  const localRank = int(env.BUNMIND_LOCAL_RANK ?? env.LOCAL_RANK) ?? rank
+  const vars = rankVars(env)
+  const rank = int(vars.rank) ?? 0
+  const worldSize = int(vars.worldSize) ?? 1
+  const localRank = int(vars.localRank) ?? rank
   if (worldSize < 1) throw new RangeError(`world size ${worldSize}: must be ≥ 1`)
   if (rank >= worldSize) throw new RangeError(`rank ${rank} is outside a world of ${worldSize} processes`)
   return { rank, worldSize, localRank }

@@ -17,6 +17,7 @@ import { availableParallelism } from "node:os"
 import { existsSync, mkdirSync, readFileSync, rmSync } from "node:fs"
 import { join } from "node:path"
 import { Effect } from "effect"
+import { distGraceS } from "../util/env.ts"
 import { writeJsonAtomic } from "../util/fs.ts"
 import { StageError, type StageOptions, type StageSummary } from "./options.ts"
 import { prepareStage } from "./run.ts"
@@ -26,7 +27,7 @@ export const RANK_DONE = 0
 export const RANK_INTERRUPTED = 130
 
 /** Seconds a rank gets to finish its step and (rank 0) write the checkpoint after a stop request. */
-const GRACE_S = Number(process.env.BUNMIND_DIST_GRACE ?? 300)
+const GRACE_S = distGraceS()
 
 interface RankProc {
   readonly rank: number

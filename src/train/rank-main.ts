@@ -13,6 +13,7 @@ import { distEnv, rankDevice } from "./distributed.ts"
 import type { StageOptions } from "./options.ts"
 import { runStageHere } from "./run.ts"
 import { RANK_DONE, RANK_INTERRUPTED } from "./launch.ts"
+import { distBackend, distStopAt, distTimeoutS, rendezvousFile } from "../util/env.ts"
 
 const file = process.argv[2]
 if (!file) {
@@ -21,15 +22,15 @@ if (!file) {
 }
 const o = JSON.parse(readFileSync(file, "utf8")) as StageOptions
 const env = distEnv()
-const backend = (process.env.BUNMIND_DIST_BACKEND ?? "nccl") as "nccl" | "tcp"
-const rendezvous = process.env.BUNMIND_RENDEZVOUS
+const backend = distBackend()
+const rendezvous = rendezvousFile()
 if (!rendezvous) {
   process.stderr.write("rank-main: BUNMIND_RENDEZVOUS is not set\n")
   process.exit(2)
 }
 const device = rankDevice(env, o.device)
 // Test hook: rank 0 asks for a stop before step k runs (the job then ends after step k).
-const stopAt = Number(process.env.BUNMIND_DIST_STOP_AT ?? 0)
+const stopAt = distStopAt()
 
 let stop = false
 process.on("SIGUSR1", () => {
@@ -40,7 +41,7 @@ process.on("SIGINT", () => {
   stop = true
 })
 
-const timeout = Number(process.env.BUNMIND_DIST_TIMEOUT ?? 0)
+const timeout = distTimeoutS()
 const program = runStageHere({
   ...o,
   device,

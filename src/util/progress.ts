@@ -2,6 +2,8 @@
  * Progress reporting for long commands: a redrawn bar on a TTY, plain periodic log lines
  * otherwise (CI logs, pipes). Output goes to stderr so stdout stays clean for data.
  */
+import { plainProgress } from "../util/env.ts"
+
 export interface ProgressOptions {
   label: string
   total?: number
@@ -27,7 +29,7 @@ export class ProgressBar {
   constructor(opts: ProgressOptions) {
     const stream = opts.quiet ? sink : (opts.stream ?? process.stderr)
     this.#opts = { format: (n) => String(n), logEvery: 5, ...opts, stream }
-    this.tty = Boolean(stream.isTTY) && process.env.BUNMIND_PLAIN_PROGRESS !== "1"
+    this.tty = Boolean(stream.isTTY) && !plainProgress()
   }
 
   get elapsed(): number {
