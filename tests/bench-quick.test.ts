@@ -1,10 +1,14 @@
 /**
  * The bench suites run end to end in quick mode and write a report with the expected rows and
- * finite values. No timing assertions: this machine is shared and the numbers are not the point.
+ * finite values; every kernel the suite announces has exactly one row per backend, agrees with the
+ * TypeScript reference within its tolerance, and every ratio is the one its two rows' values give
+ * (oriented by unit); a corrupted backend is reported WRONG. No timing assertions: this machine is
+ * shared and the numbers are not the point.
  */
 import { expect, test } from "bun:test"
 import { existsSync, readFileSync, rmSync } from "node:fs"
 import { join, resolve } from "node:path"
+import { lowerIsBetter } from "../bench/lib/compare.ts"
 
 const repo = resolve(import.meta.dir, "..")
 const report = join(repo, "bench", "reports", "bench-quick.json")
@@ -24,6 +28,22 @@ interface Row {
 }
 
 const torchAvailable = Bun.spawnSync(["python3", "-c", "import torch"]).exitCode === 0
+
+const CPU = "candle CPU (bun:ffi)"
+const CPU_OP = "candle CPU, engine op only"
+
+/** The kernels the suite says it measured: its `[bench] kernels <name>: <backend> <ms> ms, ...` log lines. */
+const announcedKernels = (stderr: string) => [...stderr.matchAll(/^\[bench\] kernels (.+?): TypeScript reference [\d.e+-]+ ms/gm)].map((m) => m[1]!)
+
+/** `row.ratio` is the baseline row's value over this row's (this row's over the baseline's for a
+ *  higher-is-better unit), so > 1 means better than the baseline. Returns the baseline row. */
+function expectRatioFromRows(rows: Row[], r: Row): Row | undefined {
+  const base = rows.find((b) => b.suite === r.suite && b.name === r.name && b.backend === r.baseline)
+  if (!base) return undefined
+  const want = lowerIsBetter(r.unit) ? base.value / r.value : r.value / base.value
+  expect(Math.abs(r.ratio! - want) / want, `${r.suite} / ${r.name} / ${r.backend}: ratio ${r.ratio} vs ${want} from the rows`).toBeLessThan(1e-9)
+  return base
+}
 
 test(
   "bun bench/run.ts --quick runs every suite and writes a complete report (JSON, markdown, SVG per suite)",
@@ -76,14 +96,28 @@ test(
     expect(kernelNames.size).toBeGreaterThanOrEqual(10)
     for (const re of [/^matmul/, /^rms_norm/, /^rope rotate-half/, /^rope interleaved/, /^attention/, /cross-entropy/, /^AdamW/])
       expect([...kernelNames].some((n) => re.test(n)), String(re)).toBe(true)
+    // One row per kernel the suite announced, per backend: the reference, the whole call, the engine op.
+    expect([...kernelNames].sort()).toEqual([...new Set(announcedKernels(err))].sort())
+    expect(announcedKernels(err).length).toBe(kernelNames.size)
     for (const name of kernelNames) {
-      const refRow = kr.find((r) => r.name === name && r.backend === "TypeScript reference")
-      expect(refRow?.check).toBe("reference")
-      const cpu = kr.find((r) => r.name === name && r.backend === "candle CPU (bun:ffi)")
-      expect(cpu?.check, name).toBe("ok")
-      expect(cpu!.max_err!).toBeLessThanOrEqual(cpu!.tol!)
-      expect(cpu!.baseline).toBe("TypeScript reference")
-      expect(cpu!.ratio! > 0).toBe(true)
+      const of = kr.filter((r) => r.name === name)
+      const cpuSide = of.filter((r) => !r.backend.includes("CUDA")).map((r) => r.backend).sort()
+      expect(cpuSide, name).toEqual([CPU, CPU_OP, "TypeScript reference"])
+      expect(new Set(of.map((r) => r.backend)).size, `${name}: a backend twice`).toBe(of.length)
+      const refRow = of.find((r) => r.backend === "TypeScript reference")!
+      expect(refRow.check).toBe("reference")
+      expect(refRow.ratio).toBeUndefined()
+      const cpu = of.find((r) => r.backend === CPU)!
+      expect(cpu.check, name).toBe("ok")
+      expect(cpu.unit).toBe("ms/call")
+      expect(Number.isFinite(cpu.max_err)).toBe(true)
+      expect(cpu.max_err!).toBeGreaterThanOrEqual(0)
+      expect(cpu.max_err!).toBeLessThanOrEqual(cpu.tol!)
+      expect(cpu.tol!).toBeLessThanOrEqual(1e-4)
+      for (const r of of.filter((r) => r.backend !== "TypeScript reference")) {
+        expect(r.baseline).toBe("TypeScript reference")
+        expect(expectRatioFromRows(kr, r), `${name} / ${r.backend}: baseline row`).toBe(refRow)
+      }
     }
     for (const r of kr) expect(["reference", "ok", "WRONG"]).toContain(r.check!)
     if (!existsSync(join(repo, "dist", "native", "libbunmind-cuda.so"))) {
@@ -102,7 +136,11 @@ test(
       expect(Number.isFinite(r.value)).toBe(true)
       expect(r.value).toBeGreaterThan(0)
       if (r.spread !== undefined) expect(Number.isFinite(r.spread)).toBe(true)
-      if (r.ratio !== undefined) expect(Number.isFinite(r.ratio) && r.ratio > 0).toBe(true)
+      if (r.ratio !== undefined) {
+        expect(Number.isFinite(r.ratio) && r.ratio > 0).toBe(true)
+        expect(r.baseline, `${r.suite} / ${r.name}: a ratio names its baseline`).toBeDefined()
+        expectRatioFromRows(j.rows, r)
+      }
     }
 
     const tok = j.rows.filter((r) => r.suite === "tokenizer")
@@ -127,6 +165,7 @@ test(
         expect(r!.baseline ?? "").toContain("PyTorch")
         expect(Number.isFinite(r!.ratio)).toBe(true)
         expect(model.some((x) => re.test(x.name) && x.backend.startsWith("PyTorch"))).toBe(true)
+        expect(expectRatioFromRows(model, r!)?.backend, `${re}: the PyTorch row the ratio is taken against`).toStartWith("PyTorch")
       }
     }
   },
@@ -145,12 +184,23 @@ test(
     if (p.exitCode !== 0) console.error(p.stderr.toString())
     expect(p.exitCode).toBe(0)
     const j = JSON.parse(readFileSync(join(repo, "bench", "reports", "kernels-quick.json"), "utf8")) as { rows: Row[] }
-    const cpu = j.rows.filter((r) => r.suite === "kernels" && r.backend.startsWith("candle CPU"))
+    const kr = j.rows.filter((r) => r.suite === "kernels")
+    const cpu = kr.filter((r) => r.backend.startsWith("candle CPU"))
     expect(cpu.length).toBeGreaterThan(0)
     for (const r of cpu) {
       expect(r.check).toBe("WRONG")
       expect(r.ratio).toBeUndefined()
       expect(r.unit).toBe("max rel. error")
+      expect(r.max_err!).toBeGreaterThan(r.tol!)
+      expect(r.value).toBe(r.max_err!)
+    }
+    // Every kernel: still its reference row, and exactly one WRONG row for the corrupted backend
+    // (no timed whole-call or engine-op row).
+    const names = new Set(kr.map((r) => r.name))
+    expect(names.size).toBeGreaterThanOrEqual(10)
+    for (const name of names) {
+      expect(kr.filter((r) => r.name === name && r.backend === "TypeScript reference").map((r) => r.check)).toEqual(["reference"])
+      expect(cpu.filter((r) => r.name === name).map((r) => `${r.backend}: ${r.check}`)).toEqual([`${CPU}: WRONG`])
     }
   },
   { timeout: 120_000 },
