@@ -11,8 +11,12 @@ import { writeJsonAtomic } from "../util/fs.ts"
 import type { StageOptions, StageSummary } from "./options.ts"
 import { STAGES } from "./stages.ts"
 
-/** Saves the stage's model (and adapters) by its publish rule (stages.ts), with the tokenizer and a model card. */
-export function publishStage(o: StageOptions, stageDir: string, model: Model, trainer: Trainer): string {
+/**
+ * Saves the stage's model (and adapters) by its publish rule (stages.ts), then `summary` (written
+ * between the weights and the card: the model card reads the stage's summary.json), then the
+ * tokenizer, generation_config.json and the model card.
+ */
+export function publishStage(o: StageOptions, stageDir: string, model: Model, trainer: Trainer, summary: StageSummary): string {
   const modelDir = join(stageDir, "model")
   if (STAGES[o.stage].publish === "adapters+merged" || o.lora) {
     trainer.saveAdapters(join(stageDir, "adapter"))
@@ -26,6 +30,7 @@ export function publishStage(o: StageOptions, stageDir: string, model: Model, tr
   } else {
     model.save(modelDir)
   }
+  writeSummary(stageDir, summary)
   publishHf(modelDir, o.tokenizer)
   return modelDir
 }

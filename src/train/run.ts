@@ -302,9 +302,8 @@ export const runStageHere = (o: StageOptions) =>
     s.status = "done"
     if (!lead) return summary()
     saveCheckpoint()
-    publishStage(o, stageDir, model, trainer)
-    bar.finish(`done: ${s.step} steps, loss ${fmtNum(s.last?.loss ?? NaN)}${s.lastEval !== undefined ? `, eval ${fmtNum(s.lastEval)}` : ""}, model → ${modelDir}`)
     const done = summary()
-    writeSummary(stageDir, done)
+    publishStage(o, stageDir, model, trainer, done)
+    bar.finish(`done: ${s.step} steps, loss ${fmtNum(s.last?.loss ?? NaN)}${s.lastEval !== undefined ? `, eval ${fmtNum(s.lastEval)}` : ""}, model → ${modelDir}`)
     return done
   }).pipe(Effect.scoped)
