@@ -31,10 +31,11 @@ pub use xent::token_logprobs_fused;
 use candle_core::{CpuStorage, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-/// The contiguous f32 slice behind `s`/`l`, or a clear error naming the op and the operand.
-pub(crate) fn f32_data<'a>(s: &'a CpuStorage, l: &Layout, op: &str, what: &str) -> candle_core::Result<&'a [f32]> {
-    let CpuStorage::F32(d) = s else {
-        candle_core::bail!("{op}: {what} must be f32, got {:?}", candle_core::backend::BackendStorage::dtype(s))
+/// The contiguous `T` slice behind `s`/`l` (f32 activations, u32 token ids), or a clear error
+/// naming the op and the operand.
+pub(crate) fn data<'a, T: candle_core::WithDType>(s: &'a CpuStorage, l: &Layout, op: &str, what: &str) -> candle_core::Result<&'a [T]> {
+    let Ok(d) = s.as_slice::<T>() else {
+        candle_core::bail!("{op}: {what} must be {}, got {:?}", T::DTYPE.as_str(), candle_core::backend::BackendStorage::dtype(s))
     };
     match l.contiguous_offsets() {
         Some((a, b)) => Ok(&d[a..b]),
@@ -42,15 +43,9 @@ pub(crate) fn f32_data<'a>(s: &'a CpuStorage, l: &Layout, op: &str, what: &str) 
     }
 }
 
-/// The contiguous u32 slice behind `s`/`l` (token ids), or an error naming the op and operand.
-pub(crate) fn u32_data<'a>(s: &'a CpuStorage, l: &Layout, op: &str, what: &str) -> candle_core::Result<&'a [u32]> {
-    let CpuStorage::U32(d) = s else {
-        candle_core::bail!("{op}: {what} must be u32, got {:?}", candle_core::backend::BackendStorage::dtype(s))
-    };
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&d[a..b]),
-        None => candle_core::bail!("{op}: {what} must be contiguous"),
-    }
+/// [`data`] for f32 operands.
+pub(crate) fn f32_data<'a>(s: &'a CpuStorage, l: &Layout, op: &str, what: &str) -> candle_core::Result<&'a [f32]> {
+    data(s, l, op, what)
 }
 
 /// The length of the last dim of `l` (the row length), which must not be 0.

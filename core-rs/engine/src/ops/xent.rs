@@ -4,7 +4,7 @@
 //! [`cpu::logprob_row`] and [`cpu::xent_row`] (the step's fused cross-entropy row).
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor};
 
-use super::{cpu, f32_data, fused_ok, map_rows, row, u32_data};
+use super::{cpu, data, f32_data, fused_ok, map_rows, row};
 use crate::Result;
 
 /// The vocabulary size V, checking that targets are the logits' shape without the last dim and
@@ -30,7 +30,7 @@ impl CustomOp2 for TokenLogProb {
     }
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (x, t) = (f32_data(s1, l1, "token_logprobs", "logits")?, u32_data(s2, l2, "token_logprobs", "targets")?);
+        let (x, t) = (f32_data(s1, l1, "token_logprobs", "logits")?, data::<u32>(s2, l2, "token_logprobs", "targets")?);
         let v = check(l1, l2, t, "token_logprobs")?;
         map_rows(t.len(), 1, v, l2.shape(), |r, o| o[0] = cpu::logprob_row(row(x, r, v), t[r] as usize))
     }
@@ -62,7 +62,7 @@ impl CustomOp3 for TokenLogProbBwd {
     #[rustfmt::skip]
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let op = "token_logprobs bwd";
-        let (x, t, g) = (f32_data(s1, l1, op, "logits")?, u32_data(s2, l2, op, "targets")?, f32_data(s3, l3, op, "grad")?);
+        let (x, t, g) = (f32_data(s1, l1, op, "logits")?, data::<u32>(s2, l2, op, "targets")?, f32_data(s3, l3, op, "grad")?);
         let v = check(l1, l2, t, op)?;
         if l3.shape().elem_count() != 2 * t.len() {
             candle_core::bail!("{op}: [logp, grad] {:?} does not match targets {:?}", l3.shape(), l2.shape());
