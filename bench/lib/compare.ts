@@ -34,7 +34,8 @@ export interface Change {
   verdict: Verdict
 }
 
-const LOWER_IS_BETTER = /^(ms|s|ns|µs|us|MiB|GiB|MB|max rel\. error)(\/|$)/
+// Times and sizes (also per unit: ms/token), but not rates (MB/s, tokens/s).
+const LOWER_IS_BETTER = /^(ms|s|ns|µs|us|MiB|GiB|MB|max rel\. error)(\/(?!s$)|$)/
 
 export function lowerIsBetter(unit: string): boolean {
   return LOWER_IS_BETTER.test(unit)
