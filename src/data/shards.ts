@@ -223,6 +223,12 @@ export interface Batch {
   readonly mask: Float32Array
 }
 
+/** The sequences of DPO pairs `indices` in a shard set: pair i is sequence 2i (chosen) and 2i + 1 (rejected). */
+export const pairSequences = (indices: ArrayLike<number>): { chosen: number[]; rejected: number[] } => ({
+  chosen: Array.from(indices, (i) => 2 * i),
+  rejected: Array.from(indices, (i) => 2 * i + 1),
+})
+
 export interface ShardSet {
   readonly dir: string
   readonly index: ShardIndex
@@ -339,8 +345,7 @@ export const openShards = (dir: string): Effect.Effect<ShardSet, ShardError> =>
         },
         getPairBatch: (indices, seqLen) => {
           if (!pairs) throw new Error(`${index.kind} shards hold single sequences: use getBatch`)
-          const chosen = Array.from(indices, (i) => 2 * i)
-          const rejected = Array.from(indices, (i) => 2 * i + 1)
+          const { chosen, rejected } = pairSequences(indices)
           return { chosen: fillBatch(chosen, seqLen), rejected: fillBatch(rejected, seqLen) }
         },
         getSequences: fillBatch,

@@ -5,7 +5,7 @@
 import { existsSync, readFileSync, writeFileSync } from "node:fs"
 import { join, resolve } from "node:path"
 import { Effect } from "effect"
-import { openShards, prepareShards, type Batch, type ShardSet } from "../data/index.ts"
+import { openShards, pairSequences, prepareShards, type Batch, type ShardSet } from "../data/index.ts"
 import { shuffle } from "../util/rng.ts"
 import { StageError, type StageOptions } from "./options.ts"
 import { STAGES } from "./stages.ts"
@@ -91,6 +91,11 @@ export const openStageData = (o: StageOptions, stageDir: string) =>
  */
 export function stepBatch(shards: ShardSet, o: Pick<StageOptions, "stage" | "seqLen">, micro: ReadonlyArray<ReadonlyArray<number>>): { batch: Batch; rows: number[] } {
   const pairs = STAGES[o.stage].data === "dpo"
-  const seqs = pairs ? micro.flatMap((m) => [...m.map((i) => 2 * i), ...m.map((i) => 2 * i + 1)]) : micro.flat()
+  const seqs = pairs
+    ? micro.flatMap((m) => {
+        const p = pairSequences(m)
+        return [...p.chosen, ...p.rejected]
+      })
+    : micro.flat()
   return { batch: shards.getSequences(seqs, o.seqLen), rows: micro.map((m) => (pairs ? 2 : 1) * m.length) }
 }

@@ -31,7 +31,7 @@ fn switch_on(name: &str) -> Option<bool> {
 /// The hand-written CPU training step and prefill may run (`BUNMIND_HANDWRITTEN_CPU`, or the old
 /// `BUNMIND_FAST_STEP`; on unless `0`). Not cached: tests toggle it within one process.
 pub fn handwritten_cpu() -> bool {
-    switch_on(HANDWRITTEN_CPU).or_else(|| switch_on(HANDWRITTEN_CPU_OLD)).unwrap_or(true)
+    handwritten_cpu_off_by().is_none()
 }
 
 /// Which variable turned the hand-written kernels off, for messages (`None` when they are on).
